@@ -1,0 +1,66 @@
+// Package kafkaconf holds the one Sarama configuration every binary uses, so that the
+// producer guarantees (acks=all, idempotence, one request in flight) and the consumer's
+// starting offset are set in exactly one place. Sarama's and Watermill's defaults are weak
+// for an outbox: acks from the leader only, no idempotence, new groups starting at the
+// newest offset (silently skipping what was published before the group existed), and a
+// protocol version pinned to Kafka 1.0.
+package kafkaconf
+
+import (
+	"strings"
+	"time"
+
+	"github.com/IBM/sarama"
+)
+
+// Version is the protocol version Sarama starts from; since Sarama 1.46 it negotiates down
+// to what the broker supports.
+var Version = sarama.V4_0_0_0
+
+// Brokers splits a comma-separated KAFKA_BROKERS value.
+func Brokers(s string) []string {
+	var out []string
+	for _, b := range strings.Split(s, ",") {
+		if b = strings.TrimSpace(b); b != "" {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// Producer returns the configuration for a synchronous, idempotent producer: every
+// message is acknowledged by all in-sync replicas, and retries cannot reorder or
+// duplicate within a partition.
+func Producer(clientID string) *sarama.Config {
+	c := base(clientID)
+	c.Producer.RequiredAcks = sarama.WaitForAll
+	c.Producer.Idempotent = true
+	c.Net.MaxOpenRequests = 1
+	c.Producer.Retry.Max = 10
+	c.Producer.Retry.Backoff = 250 * time.Millisecond
+	c.Producer.Return.Successes = true
+	c.Producer.Return.Errors = true
+	c.Producer.Partitioner = sarama.NewHashPartitioner
+	return c
+}
+
+// Consumer returns the configuration for a consumer-group member. A group that has no
+// committed offset starts at the oldest message, so nothing published before the group
+// first joined is skipped.
+func Consumer(clientID string) *sarama.Config {
+	c := base(clientID)
+	c.Consumer.Offsets.Initial = sarama.OffsetOldest
+	c.Consumer.Return.Errors = true
+	c.Consumer.Group.Rebalance.GroupStrategies = []sarama.BalanceStrategy{sarama.NewBalanceStrategyRoundRobin()}
+	return c
+}
+
+func base(clientID string) *sarama.Config {
+	c := sarama.NewConfig()
+	c.Version = Version
+	c.ClientID = clientID
+	c.Metadata.Retry.Max = 10
+	c.Metadata.Retry.Backoff = 500 * time.Millisecond
+	c.Net.DialTimeout = 5 * time.Second
+	return c
+}
