@@ -1,0 +1,171 @@
+// Package api is the HTTP API for orders: routes, JSON, idempotency and the mapping of
+// application errors to HTTP statuses.
+package api
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/orderpipe/orderpipe/orders"
+)
+
+// Config tunes the API.
+type Config struct {
+	// IdempotencyTTL is how long an Idempotency-Key is remembered. Default 24h.
+	IdempotencyTTL time.Duration
+	// DBTimeout bounds each request's database work, so a dead database answers 503
+	// instead of hanging the client. Default 4s.
+	DBTimeout time.Duration
+}
+
+func (c *Config) setDefaults() {
+	if c.IdempotencyTTL == 0 {
+		c.IdempotencyTTL = 24 * time.Hour
+	}
+	if c.DBTimeout == 0 {
+		c.DBTimeout = 4 * time.Second
+	}
+}
+
+// Server serves the API.
+type Server struct {
+	store  *orders.Store
+	db     *sql.DB
+	logger *slog.Logger
+	cfg    Config
+}
+
+// New returns the API's handler.
+func New(store *orders.Store, db *sql.DB, logger *slog.Logger, cfg Config) http.Handler {
+	cfg.setDefaults()
+	s := &Server{store: store, db: db, logger: logger, cfg: cfg}
+	return s.routes()
+}
+
+func (s *Server) routes() http.Handler {
+	r := chi.NewRouter()
+	r.Use(middleware.RequestID, s.accessLog, s.recoverer)
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		writeProblem(w, problem{Type: typeNotFound, Title: "Not found", Status: http.StatusNotFound,
+			Detail: "no such resource"})
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		writeProblem(w, problem{Type: typeMethod, Title: "Method not allowed", Status: http.StatusMethodNotAllowed})
+	})
+	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	r.Get("/readyz", s.ready)
+	r.Post("/orders", s.createOrder)
+	r.Get("/orders/{id}", s.getOrder)
+	return r
+}
+
+// orderJSON is an order on the wire. Amount is a decimal in major units, written from
+// the stored minor units without passing through float64.
+type orderJSON struct {
+	ID         int64       `json:"id"`
+	CustomerID string      `json:"customerId"`
+	Amount     json.Number `json:"amount"`
+	Currency   string      `json:"currency"`
+	Status     string      `json:"status"`
+	CreatedAt  time.Time   `json:"createdAt"`
+	UpdatedAt  time.Time   `json:"updatedAt"`
+}
+
+func toJSON(o orders.Order) orderJSON {
+	return orderJSON{
+		ID: o.ID, CustomerID: o.CustomerID, Amount: json.Number(o.Amount.Decimal()),
+		Currency: o.Amount.Currency, Status: string(o.Status), CreatedAt: o.CreatedAt, UpdatedAt: o.UpdatedAt,
+	}
+}
+
+func writeJSON(w http.ResponseWriter, status int, body []byte) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(status)
+	w.Write(body)
+}
+
+func (s *Server) getOrder(w http.ResponseWriter, r *http.Request) {
+	id, err := strconv.ParseInt(chi.URLParam(r, "id"), 10, 64)
+	if err != nil || id <= 0 {
+		badRequest(w, "order id must be a positive integer")
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.DBTimeout)
+	defer cancel()
+	o, err := s.store.Get(ctx, id)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	body, err := json.Marshal(toJSON(o))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, body)
+}
+
+func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if err := s.db.PingContext(ctx); err != nil {
+		s.logger.WarnContext(ctx, "not ready", "err", err)
+		writeProblem(w, problem{Type: typeUnavailable, Title: "Service unavailable", Status: http.StatusServiceUnavailable,
+			Detail: "database unreachable"})
+		return
+	}
+	io.WriteString(w, "ready\n")
+}
+
+// fail maps an application error to its HTTP answer: the one table of error → status.
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	switch {
+	case errors.Is(err, orders.ErrNotFound):
+		writeProblem(w, problem{Type: typeNotFound, Title: "Not found", Status: http.StatusNotFound,
+			Detail: "no order has that id"})
+	case errors.Is(err, orders.ErrKeyReused):
+		writeProblem(w, problem{Type: typeKeyReused, Title: "Idempotency key reused", Status: http.StatusUnprocessableEntity,
+			Detail: "this Idempotency-Key was already used with a different request body"})
+	case unavailable(err):
+		s.logger.WarnContext(r.Context(), "database unavailable", "err", err, "request_id", middleware.GetReqID(r.Context()))
+		w.Header().Set("Retry-After", "5")
+		writeProblem(w, problem{Type: typeUnavailable, Title: "Service unavailable", Status: http.StatusServiceUnavailable,
+			Detail: "the order database is unavailable; retry later with the same Idempotency-Key"})
+	default:
+		s.logger.ErrorContext(r.Context(), "request failed", "err", err, "request_id", middleware.GetReqID(r.Context()))
+		writeProblem(w, problem{Type: typeInternal, Title: "Internal error", Status: http.StatusInternalServerError,
+			Detail: "internal error"})
+	}
+}
+
+// unavailable reports errors that mean the database cannot be reached right now, as
+// opposed to a bug: timeouts, refused or broken connections, a server shutting down.
+func unavailable(err error) bool {
+	var (
+		netErr  net.Error
+		connErr *pgconn.ConnectError
+		pgErr   *pgconn.PgError
+	)
+	switch {
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &netErr), errors.As(err, &connErr),
+		errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, sql.ErrConnDone):
+		return true
+	case errors.As(err, &pgErr):
+		// Class 57: operator intervention (admin shutdown, cannot connect now); 08: connection exception.
+		return len(pgErr.Code) == 5 && (pgErr.Code[:2] == "57" || pgErr.Code[:2] == "08")
+	}
+	return false
+}

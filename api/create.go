@@ -1,0 +1,126 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+
+	"github.com/orderpipe/orderpipe/orders"
+)
+
+// maxBody bounds POST bodies; an order is a few dozen bytes.
+const maxBody = 64 << 10
+
+// createOrder handles POST /orders. The order, its OrderCreated outbox row and the
+// idempotency record are written in one transaction.
+func (s *Server) createOrder(w http.ResponseWriter, r *http.Request) {
+	key, ok := idempotencyKey(w, r)
+	if !ok {
+		return
+	}
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+		writeProblem(w, problem{Type: typeMediaType, Title: "Unsupported media type", Status: http.StatusUnsupportedMediaType,
+			Detail: "send the order as Content-Type: application/json"})
+		return
+	}
+	body, err := readBody(w, r)
+	if err != nil {
+		return
+	}
+	req, fieldErrs, err := decodeCreate(body)
+	var de *decodeError
+	switch {
+	case errors.As(err, &de):
+		badRequest(w, de.detail)
+		return
+	case len(fieldErrs) > 0:
+		unprocessable(w, fieldErrs)
+		return
+	}
+
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.DBTimeout)
+	defer cancel()
+	var (
+		resp     orders.StoredResponse
+		replayed bool
+	)
+	err = s.store.InTx(ctx, func(tx *orders.Tx) error {
+		if key != "" {
+			stored, err := tx.ClaimKey(ctx, key, req.fingerprint(), s.cfg.IdempotencyTTL)
+			if err != nil || stored != nil {
+				if stored != nil {
+					resp, replayed = *stored, true
+				}
+				return err
+			}
+		}
+		o, err := tx.Create(ctx, req.CustomerID, req.Amount)
+		if err != nil {
+			return err
+		}
+		body, err := json.Marshal(toJSON(o))
+		if err != nil {
+			return err
+		}
+		resp = orders.StoredResponse{StatusCode: http.StatusCreated, Body: body, OrderID: o.ID}
+		if key != "" {
+			return tx.SaveResponse(ctx, key, resp)
+		}
+		return nil
+	})
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if resp.OrderID != 0 {
+		w.Header().Set("Location", "/orders/"+strconv.FormatInt(resp.OrderID, 10))
+	}
+	if replayed {
+		w.Header().Set("Idempotent-Replayed", "true")
+	}
+	writeJSON(w, resp.StatusCode, resp.Body)
+}
+
+// idempotencyKey returns the request's Idempotency-Key ("" when absent). A key is 1-255
+// printable ASCII characters, sent once; anything else is answered 400 here.
+func idempotencyKey(w http.ResponseWriter, r *http.Request) (string, bool) {
+	values := r.Header.Values("Idempotency-Key")
+	switch len(values) {
+	case 0:
+		return "", true
+	case 1:
+	default:
+		badRequest(w, "send the Idempotency-Key header once")
+		return "", false
+	}
+	key := values[0]
+	if len(key) < 1 || len(key) > 255 {
+		badRequest(w, "Idempotency-Key must be 1 to 255 characters")
+		return "", false
+	}
+	for i := 0; i < len(key); i++ {
+		if key[i] < 0x21 || key[i] > 0x7e {
+			badRequest(w, "Idempotency-Key must be printable ASCII without spaces")
+			return "", false
+		}
+	}
+	return key, true
+}
+
+// readBody reads at most maxBody bytes; it answers 413 or 400 itself on failure.
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooLarge):
+		writeProblem(w, problem{Type: typeTooLarge, Title: "Request body too large", Status: http.StatusRequestEntityTooLarge,
+			Detail: "the body must be at most 64 KiB"})
+	case err != nil:
+		badRequest(w, "could not read the request body")
+	}
+	return body, err
+}

@@ -1,0 +1,49 @@
+// Package outbox is the transactional outbox: events are written as rows into the same
+// Postgres transaction as the state change they describe, and the relay forwards them to
+// Kafka after commit. This package owns the table's contract (watermill-sql's PostgreSQL
+// schema for the forwarder topic "outbox", wrapped in Watermill's forwarder envelope that
+// names the destination topic), so writers and the relay cannot disagree on it.
+package outbox
+
+import (
+	"database/sql"
+	"fmt"
+
+	"github.com/ThreeDotsLabs/watermill/components/forwarder"
+	"github.com/ThreeDotsLabs/watermill/message"
+	wsql "github.com/ThreeDotsLabs/watermill-sql/v3/pkg/sql"
+)
+
+// Topic is the forwarder topic; its rows live in table watermill_outbox (schema/).
+const Topic = "outbox"
+
+// SchemaAdapter and OffsetsAdapter describe the outbox tables to watermill-sql.
+var (
+	SchemaAdapter  = wsql.DefaultPostgreSQLSchema{}
+	OffsetsAdapter = wsql.DefaultPostgreSQLOffsetsAdapter{}
+)
+
+// Outbox writes messages into the outbox table of a running transaction.
+type Outbox struct {
+	topicPrefix string
+}
+
+// New returns an Outbox that prefixes every destination topic with topicPrefix
+// (KAFKA_TOPIC_PREFIX; empty in production), so several environments can share a cluster.
+func New(topicPrefix string) *Outbox {
+	return &Outbox{topicPrefix: topicPrefix}
+}
+
+// Publish adds the messages to tx, each bound for Kafka topic (before the prefix). They
+// become visible to the relay only if tx commits.
+func (o *Outbox) Publish(tx *sql.Tx, topic string, msgs ...*message.Message) error {
+	pub, err := wsql.NewPublisher(tx, wsql.PublisherConfig{SchemaAdapter: SchemaAdapter}, nil)
+	if err != nil {
+		return fmt.Errorf("outbox publisher: %w", err)
+	}
+	fwd := forwarder.NewPublisher(pub, forwarder.PublisherConfig{ForwarderTopic: Topic})
+	if err := fwd.Publish(o.topicPrefix+topic, msgs...); err != nil {
+		return fmt.Errorf("outbox publish to %s: %w", topic, err)
+	}
+	return nil
+}
