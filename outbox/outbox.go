@@ -9,9 +9,9 @@ import (
 	"database/sql"
 	"fmt"
 
+	wsql "github.com/ThreeDotsLabs/watermill-sql/v3/pkg/sql"
 	"github.com/ThreeDotsLabs/watermill/components/forwarder"
 	"github.com/ThreeDotsLabs/watermill/message"
-	wsql "github.com/ThreeDotsLabs/watermill-sql/v3/pkg/sql"
 )
 
 // Topic is the forwarder topic; its rows live in table watermill_outbox (schema/).

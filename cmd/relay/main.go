@@ -1,0 +1,58 @@
+// Command relay forwards the transactional outbox to Kafka (see relay/).
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/orderpipe/orderpipe/internal/admin"
+	"github.com/orderpipe/orderpipe/internal/envconf"
+	"github.com/orderpipe/orderpipe/internal/postgres"
+	"github.com/orderpipe/orderpipe/kafkaconf"
+	"github.com/orderpipe/orderpipe/relay"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Getenv, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "relay:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, getenv func(string) string, stdout io.Writer) error {
+	env := envconf.New(getenv)
+	databaseURL := env.String("DATABASE_URL", "postgres://orderuser:secret@localhost:5432/orderdb?sslmode=disable")
+	adminAddr := env.String("ADMIN_ADDR", ":9102")
+	cfg := relay.Config{
+		Brokers:      kafkaconf.Brokers(env.String("KAFKA_BROKERS", "localhost:9092")),
+		PollInterval: env.Duration("RELAY_POLL_INTERVAL", 0),
+	}
+	logger := envconf.Logger(stdout, env.Level("LOG_LEVEL", 0), "relay")
+	if err := env.Err(); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	logger.Info("starting", "database_url", envconf.Redact(databaseURL), "kafka_brokers", cfg.Brokers,
+		"admin_addr", adminAddr)
+
+	db, err := postgres.Open(ctx, databaseURL, 4)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	r, err := relay.New(db, cfg, logger)
+	if err != nil {
+		return err
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return r.Run(ctx) })
+	g.Go(func() error { return admin.Serve(ctx, adminAddr, db, logger) })
+	return g.Wait()
+}

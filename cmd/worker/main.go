@@ -1,0 +1,67 @@
+// Command worker processes order events from Kafka (see worker/).
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/orderpipe/orderpipe/internal/admin"
+	"github.com/orderpipe/orderpipe/internal/envconf"
+	"github.com/orderpipe/orderpipe/internal/postgres"
+	"github.com/orderpipe/orderpipe/kafkaconf"
+	"github.com/orderpipe/orderpipe/orders"
+	"github.com/orderpipe/orderpipe/outbox"
+	"github.com/orderpipe/orderpipe/worker"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Getenv, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "worker:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, getenv func(string) string, stdout io.Writer) error {
+	env := envconf.New(getenv)
+	databaseURL := env.String("DATABASE_URL", "postgres://orderuser:secret@localhost:5432/orderdb?sslmode=disable")
+	adminAddr := env.String("ADMIN_ADDR", ":9103")
+	cfg := worker.Config{
+		Brokers:          kafkaconf.Brokers(env.String("KAFKA_BROKERS", "localhost:9092")),
+		TopicPrefix:      env.String("KAFKA_TOPIC_PREFIX", ""),
+		ConsumerGroup:    env.String("WORKER_GROUP", "worker"),
+		PaymentURL:       env.String("PAYMENT_URL", "http://localhost:8081"),
+		PaymentTimeout:   env.Duration("PAYMENT_TIMEOUT", 0),
+		MaxRetries:       env.Int("WORKER_MAX_RETRIES", 0, 0),
+		RetryInterval:    env.Duration("WORKER_RETRY_INTERVAL", 0),
+		RetryMaxInterval: env.Duration("WORKER_RETRY_MAX_INTERVAL", 0),
+		HandlerTimeout:   env.Duration("WORKER_HANDLER_TIMEOUT", 0),
+	}
+	logger := envconf.Logger(stdout, env.Level("LOG_LEVEL", 0), "worker")
+	if err := env.Err(); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	logger.Info("starting", "database_url", envconf.Redact(databaseURL), "kafka_brokers", cfg.Brokers,
+		"topic_prefix", cfg.TopicPrefix, "group", cfg.ConsumerGroup, "payment_url", cfg.PaymentURL, "admin_addr", adminAddr)
+
+	db, err := postgres.Open(ctx, databaseURL, 8)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	w, err := worker.New(orders.NewStore(db, outbox.New(cfg.TopicPrefix)), cfg, logger)
+	if err != nil {
+		return err
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return w.Run(ctx) })
+	g.Go(func() error { return admin.Serve(ctx, adminAddr, db, logger) })
+	return g.Wait()
+}

@@ -1,0 +1,221 @@
+// Package worker consumes order events from Kafka with a Watermill router, charges each
+// new order through the payment provider, and records the outcome (status change,
+// inbox entry and outcome event) in one Postgres transaction.
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+
+	"github.com/orderpipe/orderpipe/events"
+	"github.com/orderpipe/orderpipe/kafkaconf"
+	"github.com/orderpipe/orderpipe/orders"
+	"github.com/orderpipe/orderpipe/relay"
+)
+
+// Config tunes the worker.
+type Config struct {
+	// Brokers are the Kafka bootstrap servers.
+	Brokers []string
+	// TopicPrefix is put before every topic name (KAFKA_TOPIC_PREFIX).
+	TopicPrefix string
+	// ConsumerGroup is the Kafka consumer group the workers share. Default "worker".
+	ConsumerGroup string
+	// PaymentURL is the payment provider's base URL. Default http://localhost:8081.
+	PaymentURL string
+	// PaymentTimeout bounds one payment call. Default 5s.
+	PaymentTimeout time.Duration
+	// MaxRetries is how often a transient failure is retried before the message is
+	// poisoned. Default 5.
+	MaxRetries int
+	// RetryInterval is the first backoff; it doubles, with jitter, up to RetryMaxInterval.
+	// Defaults 200ms and 5s.
+	RetryInterval    time.Duration
+	RetryMaxInterval time.Duration
+	// HandlerTimeout bounds one attempt at a message. Default 15s.
+	HandlerTimeout time.Duration
+}
+
+func (c *Config) setDefaults() {
+	if c.ConsumerGroup == "" {
+		c.ConsumerGroup = "worker"
+	}
+	if c.PaymentURL == "" {
+		c.PaymentURL = "http://localhost:8081"
+	}
+	if c.PaymentTimeout == 0 {
+		c.PaymentTimeout = 5 * time.Second
+	}
+	if c.MaxRetries == 0 {
+		c.MaxRetries = 5
+	}
+	if c.RetryInterval == 0 {
+		c.RetryInterval = 200 * time.Millisecond
+	}
+	if c.RetryMaxInterval == 0 {
+		c.RetryMaxInterval = 5 * time.Second
+	}
+	if c.HandlerTimeout == 0 {
+		c.HandlerTimeout = 15 * time.Second
+	}
+}
+
+// Validate reports a configuration the worker cannot run with.
+func (c Config) Validate() error {
+	if len(c.Brokers) == 0 {
+		return errors.New("no Kafka brokers")
+	}
+	return nil
+}
+
+// handlerName is the inbox's name for the payment handler.
+const handlerName = "payment"
+
+// Worker processes order events.
+type Worker struct {
+	router   *message.Router
+	store    *orders.Store
+	payments *PaymentClient
+	logger   *slog.Logger
+}
+
+// New returns a worker writing through store.
+func New(store *orders.Store, cfg Config, logger *slog.Logger) (*Worker, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	wlog := watermill.NewSlogLogger(logger)
+	w := &Worker{
+		store:    store,
+		payments: &PaymentClient{BaseURL: cfg.PaymentURL, HTTP: &http.Client{Timeout: cfg.PaymentTimeout}},
+		logger:   logger,
+	}
+
+	sub, err := kafka.NewSubscriber(kafka.SubscriberConfig{
+		Brokers:               cfg.Brokers,
+		Unmarshaler:           kafka.DefaultMarshaler{},
+		OverwriteSaramaConfig: kafkaconf.Consumer("orderpipe-worker"),
+		ConsumerGroup:         cfg.ConsumerGroup,
+	}, wlog)
+	if err != nil {
+		return nil, fmt.Errorf("kafka subscriber: %w", err)
+	}
+	poisonPub, err := relay.NewKafkaPublisher(cfg.Brokers, "orderpipe-worker", wlog)
+	if err != nil {
+		return nil, err
+	}
+	poison, err := middleware.PoisonQueue(poisonPub, cfg.TopicPrefix+events.TopicOrdersPoison)
+	if err != nil {
+		return nil, err
+	}
+
+	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: 30 * time.Second}, wlog)
+	if err != nil {
+		return nil, err
+	}
+	// First added runs outermost. Poison sees every error that survives the retries;
+	// Retry skips permanent errors, so those are poisoned at once; Recoverer is
+	// innermost, so a panic becomes an error that Retry and Poison see.
+	router.AddMiddleware(
+		middleware.CorrelationID,
+		poison,
+		middleware.Retry{
+			MaxRetries:          cfg.MaxRetries,
+			InitialInterval:     cfg.RetryInterval,
+			MaxInterval:         cfg.RetryMaxInterval,
+			Multiplier:          2,
+			RandomizationFactor: 0.5,
+			ShouldRetry:         func(p middleware.RetryParams) bool { return !isPermanent(p.Err) },
+			ResetContextOnRetry: true,
+			Logger:              wlog,
+		}.Middleware,
+		middleware.Timeout(cfg.HandlerTimeout),
+		middleware.Recoverer,
+	)
+	router.AddConsumerHandler(handlerName, cfg.TopicPrefix+events.TopicOrders, sub, w.handle)
+	w.router = router
+	return w, nil
+}
+
+// Run processes messages until ctx is done.
+func (w *Worker) Run(ctx context.Context) error {
+	if err := w.router.Run(ctx); err != nil && ctx.Err() == nil {
+		return err
+	}
+	return nil
+}
+
+// Running is closed once the router consumes.
+func (w *Worker) Running() chan struct{} { return w.router.Running() }
+
+func (w *Worker) handle(msg *message.Message) error {
+	e, err := events.Decode(msg)
+	if err != nil {
+		return permanent(err)
+	}
+	created, ok := e.(events.OrderCreated)
+	if !ok {
+		return permanent(fmt.Errorf("%w: %s is not handled on this topic", events.ErrUnknownType, e.Type()))
+	}
+	return w.pay(msg.Context(), messageID(msg), created)
+}
+
+// pay charges an order and records the outcome. Every step is safe to repeat: the
+// payment is idempotent by order, and the inbox entry, status change and outcome event
+// commit together or not at all.
+func (w *Worker) pay(ctx context.Context, msgID string, e events.OrderCreated) error {
+	o, err := w.store.Get(ctx, e.ID)
+	if errors.Is(err, orders.ErrNotFound) {
+		return permanent(err)
+	}
+	if err != nil {
+		return err
+	}
+	if o.Status != orders.StatusPending {
+		return nil // already decided: a redelivery or a replay
+	}
+	charge, err := w.payments.Charge(ctx, "order-"+strconv.FormatInt(o.ID, 10), o.ID, o.Amount.Minor, o.Amount.Currency)
+	if err != nil {
+		return err
+	}
+	err = w.store.InTx(ctx, func(tx *orders.Tx) error {
+		first, err := tx.MarkProcessed(ctx, handlerName, msgID)
+		if err != nil || !first {
+			return err
+		}
+		if charge.Approved {
+			_, err = tx.MarkPaid(ctx, o.ID, charge.ID)
+		} else {
+			_, err = tx.MarkPaymentFailed(ctx, o.ID, charge.ID, charge.Reason)
+		}
+		return err
+	})
+	if errors.Is(err, orders.ErrNotPending) {
+		return nil // another delivery decided it first; its outcome stands
+	}
+	if err != nil {
+		return err
+	}
+	w.logger.InfoContext(ctx, "order paid", "order_id", o.ID, "approved", charge.Approved,
+		"payment_id", charge.ID, "message_id", msgID)
+	return nil
+}
+
+// messageID is the event id: the CloudEvents id, stable across relay resends.
+func messageID(msg *message.Message) string {
+	if id := msg.Metadata.Get(events.MetaID); id != "" {
+		return id
+	}
+	return msg.UUID
+}
