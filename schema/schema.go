@@ -15,8 +15,10 @@ import (
 	"github.com/pressly/goose/v3/lock"
 )
 
+// Migrations are the SQL migration files, in order of their version prefix.
+//
 //go:embed migrations/*.sql
-var migrations embed.FS
+var Migrations embed.FS
 
 // Migrate applies every pending migration and returns the schema version it leaves.
 func Migrate(ctx context.Context, db *sql.DB, logger *slog.Logger) (int64, error) {
@@ -35,7 +37,7 @@ func Migrate(ctx context.Context, db *sql.DB, logger *slog.Logger) (int64, error
 }
 
 func provider(db *sql.DB, logger *slog.Logger) (*goose.Provider, error) {
-	fsys, err := fs.Sub(migrations, "migrations")
+	fsys, err := fs.Sub(Migrations, "migrations")
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,38 @@
+# orderpipe — see README.md. Every target that needs services starts them (stack/stack.sh).
+SHELL := /bin/bash
+GO    ?= go
+# Integration and end-to-end tests use the real stack; -race always.
+TEST_FLAGS ?= -race -count=1 -timeout 20m
+
+.PHONY: all build up down status run test test-short lint clean
+
+all: build
+
+build: ## compile the five binaries into bin/
+	$(GO) build -o bin/ ./cmd/...
+
+up: ## start Postgres, Redis and Kafka on loopback (installing what is missing)
+	stack/stack.sh up
+
+down: ## stop what `make up` started, by pid
+	stack/stack.sh down
+
+status:
+	@stack/stack.sh status
+
+run: up build ## the stack plus the four daemons in the foreground; Ctrl-C stops them
+	stack/run.sh
+
+test: up ## everything CI runs
+	$(GO) vet ./...
+	$(GO) test $(TEST_FLAGS) ./...
+
+test-short: ## unit tests only, no services
+	$(GO) test -short -race -count=1 ./...
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+clean: down ## stop the stack and delete its data and the binaries
+	rm -rf .stack bin

@@ -1,0 +1,135 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// binDir holds the daemons, built once for the package by TestMain.
+var binDir string
+
+func TestMain(m *testing.M) {
+	os.Exit(buildAndRun(m))
+}
+
+func buildAndRun(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "orderpipe-e2e-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	args := []string{"build", "-o", dir + string(filepath.Separator)}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	_, file, _, _ := runtime.Caller(0)
+	cmd := exec.Command("go", append(args, "../cmd/api", "../cmd/relay", "../cmd/worker", "../cmd/paymentsim")...)
+	cmd.Dir = filepath.Dir(file)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build daemons:", err)
+		return 1
+	}
+	binDir = dir
+	return m.Run()
+}
+
+// daemon is one of our binaries running as a real process.
+type daemon struct {
+	name string
+	cmd  *exec.Cmd
+	log  *bytes.Buffer
+	done chan struct{}
+}
+
+// startDaemon runs bin with env (added to a minimal environment) and waits until
+// healthURL answers 200. The process is stopped (SIGTERM, then SIGKILL) when the test
+// ends; its output is printed if the test failed.
+func startDaemon(t *testing.T, bin string, env []string, healthURL string) *daemon {
+	t.Helper()
+	d := &daemon{name: bin, log: &bytes.Buffer{}, done: make(chan struct{})}
+	d.cmd = exec.Command(filepath.Join(binDir, bin))
+	d.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "LOG_LEVEL=debug"}, env...)
+	d.cmd.Stdout, d.cmd.Stderr = syncWriter{d.log}, syncWriter{d.log}
+	if err := d.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", bin, err)
+	}
+	go func() { d.cmd.Wait(); close(d.done) }()
+	t.Cleanup(func() {
+		d.stop()
+		if t.Failed() {
+			t.Logf("---- %s output ----\n%s", bin, d.output())
+		}
+	})
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		select {
+		case <-d.done:
+			t.Fatalf("%s exited during start: %v\n%s", bin, d.cmd.ProcessState, d.output())
+		default:
+		}
+		if ok(healthURL) {
+			return d
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not healthy at %s after 60s\n%s", bin, healthURL, d.output())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// stop sends SIGTERM and waits up to 15 s, then kills.
+func (d *daemon) stop() {
+	select {
+	case <-d.done:
+		return
+	default:
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.done:
+	case <-time.After(15 * time.Second):
+		d.cmd.Process.Kill()
+		<-d.done
+	}
+}
+
+func (d *daemon) output() string {
+	logMu.Lock()
+	defer logMu.Unlock()
+	return d.log.String()
+}
+
+func ok(url string) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+var logMu sync.Mutex
+
+// syncWriter lets a process's stdout and stderr share one buffer.
+type syncWriter struct{ b *bytes.Buffer }
+
+func (w syncWriter) Write(p []byte) (int, error) {
+	logMu.Lock()
+	defer logMu.Unlock()
+	return w.b.Write(p)
+}
