@@ -1,0 +1,212 @@
+package orders_test
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/orderpipe/orderpipe/events"
+	"github.com/orderpipe/orderpipe/internal/testenv"
+	"github.com/orderpipe/orderpipe/money"
+	"github.com/orderpipe/orderpipe/orders"
+	"github.com/orderpipe/orderpipe/outbox"
+)
+
+// outboxRow is a row of the outbox as the relay will read it.
+type outboxRow struct {
+	DestinationTopic string            `json:"destination_topic"`
+	UUID             string            `json:"uuid"`
+	Payload          []byte            `json:"payload"`
+	Metadata         map[string]string `json:"metadata"`
+}
+
+func outboxRows(t *testing.T, db *sql.DB) []outboxRow {
+	t.Helper()
+	rows, err := db.Query(`SELECT payload FROM watermill_outbox ORDER BY transaction_id, "offset"`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var out []outboxRow
+	for rows.Next() {
+		var raw []byte
+		var r outboxRow
+		if err := rows.Scan(&raw); err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal(raw, &r); err != nil {
+			t.Fatalf("outbox envelope %s: %v", raw, err)
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+func count(t *testing.T, db *sql.DB, table string) int {
+	t.Helper()
+	var n int
+	if err := db.QueryRow(`SELECT count(*) FROM ` + table).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func newStore(t *testing.T) (*orders.Store, *sql.DB) {
+	db := testenv.DB(t)
+	return orders.NewStore(db, outbox.New("pre.")), db
+}
+
+func create(t *testing.T, s *orders.Store) orders.Order {
+	t.Helper()
+	var o orders.Order
+	err := s.InTx(context.Background(), func(tx *orders.Tx) error {
+		var err error
+		o, err = tx.Create(context.Background(), "CUST001", money.Amount{Minor: 1999, Currency: "USD"})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o
+}
+
+func TestCreateWritesOrderAndEventTogether(t *testing.T) {
+	s, db := newStore(t)
+	o := create(t, s)
+	if o.ID != 1 || o.Status != orders.StatusPending || o.Version != 1 || o.Amount.Minor != 1999 {
+		t.Errorf("created %+v, want id 1, PENDING, version 1, 1999 minor units", o)
+	}
+	got, err := s.Get(context.Background(), o.ID)
+	if err != nil || got != o {
+		t.Errorf("Get = %+v, %v; want %+v", got, err, o)
+	}
+	rows := outboxRows(t, db)
+	if len(rows) != 1 {
+		t.Fatalf("outbox has %d rows, want 1", len(rows))
+	}
+	r := rows[0]
+	if r.DestinationTopic != "pre.orders" {
+		t.Errorf("destination = %q, want pre.orders (prefix + topic)", r.DestinationTopic)
+	}
+	if r.Metadata[events.MetaType] != events.TypeOrderCreated || r.Metadata[events.MetaSubject] != "1" || r.Metadata[events.MetaID] != r.UUID {
+		t.Errorf("metadata = %v, want ce_type %s, ce_subject 1, ce_id = uuid", r.Metadata, events.TypeOrderCreated)
+	}
+	var e events.OrderCreated
+	if err := json.Unmarshal(r.Payload, &e); err != nil {
+		t.Fatal(err)
+	}
+	if e.ID != 1 || e.AmountMinor != 1999 || e.Currency != "USD" || e.CustomerID != "CUST001" {
+		t.Errorf("event = %+v", e)
+	}
+}
+
+func TestFailedTransactionLeavesNothing(t *testing.T) {
+	s, db := newStore(t)
+	boom := errors.New("boom")
+	err := s.InTx(context.Background(), func(tx *orders.Tx) error {
+		if _, err := tx.Create(context.Background(), "CUST001", money.Amount{Minor: 1, Currency: "USD"}); err != nil {
+			return err
+		}
+		return boom
+	})
+	if !errors.Is(err, boom) {
+		t.Fatalf("InTx = %v, want boom", err)
+	}
+	if n, m := count(t, db, "orders"), count(t, db, "watermill_outbox"); n != 0 || m != 0 {
+		t.Errorf("after rollback: %d orders, %d outbox rows; want none", n, m)
+	}
+}
+
+func TestStatusMovesForwardOnly(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	o := create(t, s)
+
+	var paid orders.Order
+	if err := s.InTx(ctx, func(tx *orders.Tx) (err error) {
+		paid, err = tx.MarkPaid(ctx, o.ID, "pay_1")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if paid.Status != orders.StatusPaid || paid.Version != 2 {
+		t.Errorf("after MarkPaid: %s version %d, want PAID version 2", paid.Status, paid.Version)
+	}
+	err := s.InTx(ctx, func(tx *orders.Tx) error {
+		_, err := tx.MarkPaymentFailed(ctx, o.ID, "pay_2", "late decline")
+		return err
+	})
+	if !errors.Is(err, orders.ErrNotPending) {
+		t.Errorf("MarkPaymentFailed on a PAID order = %v, want ErrNotPending", err)
+	}
+	err = s.InTx(ctx, func(tx *orders.Tx) error {
+		_, err := tx.MarkPaid(ctx, 999, "pay_3")
+		return err
+	})
+	if !errors.Is(err, orders.ErrNotFound) {
+		t.Errorf("MarkPaid on an unknown order = %v, want ErrNotFound", err)
+	}
+	got, _ := s.Get(ctx, o.ID)
+	if got.Status != orders.StatusPaid {
+		t.Errorf("status = %s, want PAID to stand", got.Status)
+	}
+	rows := outboxRows(t, db)
+	if len(rows) != 2 || rows[1].Metadata[events.MetaType] != events.TypePaymentSucceeded || rows[1].DestinationTopic != "pre.payments" {
+		t.Fatalf("outbox = %+v, want OrderCreated then one PaymentSucceeded to pre.payments", rows)
+	}
+}
+
+func TestMarkProcessedOnce(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	for i, want := range []bool{true, false} {
+		var first bool
+		if err := s.InTx(ctx, func(tx *orders.Tx) (err error) {
+			first, err = tx.MarkProcessed(ctx, "payment", "msg-1")
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if first != want {
+			t.Errorf("delivery %d: MarkProcessed = %v, want %v", i+1, first, want)
+		}
+	}
+}
+
+func TestClaimKey(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	claim := func(key, fp string, ttl time.Duration) (*orders.StoredResponse, error) {
+		var stored *orders.StoredResponse
+		err := s.InTx(ctx, func(tx *orders.Tx) error {
+			var err error
+			stored, err = tx.ClaimKey(ctx, key, []byte(fp), ttl)
+			if err != nil || stored != nil {
+				return err
+			}
+			return tx.SaveResponse(ctx, key, orders.StoredResponse{StatusCode: 201, Body: []byte(fp)})
+		})
+		return stored, err
+	}
+
+	if stored, err := claim("k1", "a", time.Hour); err != nil || stored != nil {
+		t.Fatalf("first claim = %v, %v; want a new claim", stored, err)
+	}
+	stored, err := claim("k1", "a", time.Hour)
+	if err != nil || stored == nil || stored.StatusCode != 201 || string(stored.Body) != "a" {
+		t.Fatalf("same request again = %+v, %v; want the stored 201 response", stored, err)
+	}
+	if _, err := claim("k1", "b", time.Hour); !errors.Is(err, orders.ErrKeyReused) {
+		t.Errorf("other request with the key = %v, want ErrKeyReused", err)
+	}
+
+	if _, err := db.Exec(`UPDATE idempotency_keys SET expires_at = now() - interval '1 second'`); err != nil {
+		t.Fatal(err)
+	}
+	if stored, err := claim("k1", "b", time.Hour); err != nil || stored != nil {
+		t.Errorf("claim of an expired key = %v, %v; want a new claim", stored, err)
+	}
+}
