@@ -36,7 +36,7 @@ type Config struct {
 	// PaymentTimeout bounds one payment call. Default 5s.
 	PaymentTimeout time.Duration
 	// MaxRetries is how often a transient failure is retried before the message is
-	// poisoned. Default 5.
+	// poisoned; 0 means never (cmd/worker's default is 5).
 	MaxRetries int
 	// RetryInterval is the first backoff; it doubles, with jitter, up to RetryMaxInterval.
 	// Defaults 200ms and 5s.
@@ -55,9 +55,6 @@ func (c *Config) setDefaults() {
 	}
 	if c.PaymentTimeout == 0 {
 		c.PaymentTimeout = 5 * time.Second
-	}
-	if c.MaxRetries == 0 {
-		c.MaxRetries = 5
 	}
 	if c.RetryInterval == 0 {
 		c.RetryInterval = 200 * time.Millisecond
@@ -124,10 +121,18 @@ func New(store *orders.Store, cfg Config, logger *slog.Logger) (*Worker, error) 
 	if err != nil {
 		return nil, err
 	}
-	// First added runs outermost. Poison sees every error that survives the retries;
-	// Retry skips permanent errors, so those are poisoned at once; Recoverer is
-	// innermost, so a panic becomes an error that Retry and Poison see.
-	router.AddMiddleware(
+	router.AddMiddleware(middlewares(cfg, poison, wlog)...)
+	router.AddConsumerHandler(handlerName, cfg.TopicPrefix+events.TopicOrders, sub, w.handle)
+	w.router = router
+	return w, nil
+}
+
+// middlewares is the handler chain; the first runs outermost. Poison sees every error
+// that survives the retries; Retry skips permanent errors, so those are poisoned at once;
+// Timeout bounds each attempt; Recoverer is innermost, so a panic becomes an error that
+// Retry and Poison see.
+func middlewares(cfg Config, poison message.HandlerMiddleware, logger watermill.LoggerAdapter) []message.HandlerMiddleware {
+	return []message.HandlerMiddleware{
 		middleware.CorrelationID,
 		poison,
 		middleware.Retry{
@@ -138,14 +143,11 @@ func New(store *orders.Store, cfg Config, logger *slog.Logger) (*Worker, error) 
 			RandomizationFactor: 0.5,
 			ShouldRetry:         func(p middleware.RetryParams) bool { return !isPermanent(p.Err) },
 			ResetContextOnRetry: true,
-			Logger:              wlog,
+			Logger:              logger,
 		}.Middleware,
 		middleware.Timeout(cfg.HandlerTimeout),
 		middleware.Recoverer,
-	)
-	router.AddConsumerHandler(handlerName, cfg.TopicPrefix+events.TopicOrders, sub, w.handle)
-	w.router = router
-	return w, nil
+	}
 }
 
 // Run processes messages until ctx is done.

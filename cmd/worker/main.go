@@ -39,7 +39,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		ConsumerGroup:    env.String("WORKER_GROUP", "worker"),
 		PaymentURL:       env.String("PAYMENT_URL", "http://localhost:8081"),
 		PaymentTimeout:   env.Duration("PAYMENT_TIMEOUT", 0),
-		MaxRetries:       env.Int("WORKER_MAX_RETRIES", 0, 0),
+		MaxRetries:       env.Int("WORKER_MAX_RETRIES", 5, 0),
 		RetryInterval:    env.Duration("WORKER_RETRY_INTERVAL", 0),
 		RetryMaxInterval: env.Duration("WORKER_RETRY_MAX_INTERVAL", 0),
 		HandlerTimeout:   env.Duration("WORKER_HANDLER_TIMEOUT", 0),

@@ -1,0 +1,92 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
+)
+
+// TestMiddlewareChain runs the worker's real middleware chain on Watermill's in-memory
+// pub/sub and checks what each kind of failure leads to.
+func TestMiddlewareChain(t *testing.T) {
+	tests := []struct {
+		name       string
+		handler    func(calls int32) error
+		wantCalls  int32
+		wantPoison bool
+		wantReason string
+	}{
+		{"success", func(int32) error { return nil }, 1, false, ""},
+		{"permanent error skips retries", func(int32) error { return permanent(errors.New("no such order")) }, 1, true, "no such order"},
+		{"transient error is retried then poisoned", func(int32) error { return errors.New("payment 503") }, 4, true, "payment 503"},
+		{"transient error that heals", func(c int32) error {
+			if c < 3 {
+				return errors.New("payment 503")
+			}
+			return nil
+		}, 3, false, ""},
+		{"panic is recovered, retried and poisoned", func(int32) error { panic("bug") }, 4, true, "bug"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pubsub := gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 16}, watermill.NopLogger{})
+			defer pubsub.Close()
+			poisoned, err := pubsub.Subscribe(context.Background(), "poison")
+			if err != nil {
+				t.Fatal(err)
+			}
+			poison, err := middleware.PoisonQueue(pubsub, "poison")
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg := Config{MaxRetries: 3, RetryInterval: time.Millisecond, RetryMaxInterval: 2 * time.Millisecond, HandlerTimeout: time.Second}
+			router, err := message.NewRouter(message.RouterConfig{}, watermill.NopLogger{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			router.AddMiddleware(middlewares(cfg, poison, watermill.NopLogger{})...)
+			var calls atomic.Int32
+			router.AddConsumerHandler("h", "in", pubsub, func(msg *message.Message) error {
+				return tt.handler(calls.Add(1))
+			})
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			go router.Run(ctx)
+			<-router.Running()
+
+			msg := message.NewMessage(watermill.NewUUID(), []byte("{}"))
+			msg.Metadata.Set("ce_subject", "7")
+			if err := pubsub.Publish("in", msg); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case p := <-poisoned:
+				p.Ack()
+				if !tt.wantPoison {
+					t.Fatalf("message poisoned (%s), want not", p.Metadata.Get(middleware.ReasonForPoisonedKey))
+				}
+				if got := p.Metadata.Get(middleware.ReasonForPoisonedKey); !strings.Contains(got, tt.wantReason) {
+					t.Errorf("poison reason = %q, want it to contain %q", got, tt.wantReason)
+				}
+				if p.UUID != msg.UUID || string(p.Payload) != "{}" || p.Metadata.Get("ce_subject") != "7" {
+					t.Errorf("poisoned message lost its id, payload or metadata: %s %s %v", p.UUID, p.Payload, p.Metadata)
+				}
+			case <-time.After(time.Second):
+				if tt.wantPoison {
+					t.Fatal("message not poisoned within 1s")
+				}
+			}
+			if got := calls.Load(); got != tt.wantCalls {
+				t.Errorf("handler called %d times, want %d", got, tt.wantCalls)
+			}
+		})
+	}
+}

@@ -1,0 +1,235 @@
+package worker
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/orderpipe/orderpipe/events"
+	"github.com/orderpipe/orderpipe/internal/testenv"
+	"github.com/orderpipe/orderpipe/money"
+	"github.com/orderpipe/orderpipe/orders"
+	"github.com/orderpipe/orderpipe/outbox"
+	"github.com/orderpipe/orderpipe/paymentsim"
+)
+
+// fixture is a worker on a fresh database with a payment provider the test controls.
+type fixture struct {
+	w     *Worker
+	store *orders.Store
+	db    *sql.DB
+	calls atomic.Int32
+}
+
+func newFixture(t *testing.T, provider http.Handler) *fixture {
+	t.Helper()
+	f := &fixture{db: testenv.DB(t)}
+	f.store = orders.NewStore(f.db, outbox.New(""))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		f.calls.Add(1)
+		provider.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	f.w = &Worker{
+		store:    f.store,
+		payments: &PaymentClient{BaseURL: srv.URL, HTTP: srv.Client()},
+		logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}
+	return f
+}
+
+// order creates an order and returns the message its OrderCreated event travels in.
+func (f *fixture) order(t *testing.T) (orders.Order, *message.Message) {
+	t.Helper()
+	var o orders.Order
+	err := f.store.InTx(context.Background(), func(tx *orders.Tx) (err error) {
+		o, err = tx.Create(context.Background(), "CUST001", money.Amount{Minor: 20000, Currency: "USD"})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := events.NewMessage(events.OrderCreated{ID: o.ID, CustomerID: o.CustomerID,
+		AmountMinor: o.Amount.Minor, Currency: o.Amount.Currency, CreatedAt: o.CreatedAt}, o.CreatedAt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o, msg
+}
+
+func (f *fixture) status(t *testing.T, id int64) orders.Status {
+	t.Helper()
+	o, err := f.store.Get(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o.Status
+}
+
+// outcomeTypes lists the ce_type of every outbox row after the first (the OrderCreated).
+func (f *fixture) outcomeTypes(t *testing.T) []string {
+	t.Helper()
+	rows, err := f.db.Query(`SELECT payload FROM watermill_outbox ORDER BY transaction_id, "offset"`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var types []string
+	for rows.Next() {
+		var raw []byte
+		var env struct{ Metadata map[string]string }
+		if err := rows.Scan(&raw); err != nil {
+			t.Fatal(err)
+		}
+		json.Unmarshal(raw, &env)
+		if typ := env.Metadata[events.MetaType]; typ != events.TypeOrderCreated {
+			types = append(types, typ)
+		}
+	}
+	return types
+}
+
+func answer(code int, body string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(code)
+		io.WriteString(w, body)
+	})
+}
+
+func TestApprovedOrderIsPaidOnceAcrossRedeliveries(t *testing.T) {
+	f := newFixture(t, paymentsim.New(slog.New(slog.NewTextHandler(io.Discard, nil))))
+	o, msg := f.order(t)
+	for i := 0; i < 3; i++ { // the first delivery and two duplicates
+		if err := f.w.handle(msg.Copy()); err != nil {
+			t.Fatalf("delivery %d: %v", i+1, err)
+		}
+	}
+	if got := f.status(t, o.ID); got != orders.StatusPaid {
+		t.Errorf("status = %s, want PAID", got)
+	}
+	if got := f.outcomeTypes(t); len(got) != 1 || got[0] != events.TypePaymentSucceeded {
+		t.Errorf("outcome events = %v, want exactly one %s", got, events.TypePaymentSucceeded)
+	}
+	if got := f.calls.Load(); got != 1 {
+		t.Errorf("payment provider called %d times, want 1 (duplicates must not reach it)", got)
+	}
+}
+
+func TestDuplicateAfterCrashBeforeCommitChargesOnce(t *testing.T) {
+	// The provider charged, but the worker died before its commit: the redelivery calls
+	// the provider again with the same idempotency key and must get the same charge.
+	sim := paymentsim.New(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	f := newFixture(t, sim)
+	o, msg := f.order(t)
+	if _, err := f.w.payments.Charge(context.Background(), "order-1", o.ID, o.Amount.Minor, o.Amount.Currency); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.w.handle(msg); err != nil {
+		t.Fatal(err)
+	}
+	resp := httptest.NewRecorder()
+	sim.ServeHTTP(resp, httptest.NewRequest(http.MethodGet, "/payments?orderId=1", nil))
+	var ledger []paymentsim.Payment
+	json.Unmarshal(resp.Body.Bytes(), &ledger)
+	if len(ledger) != 1 {
+		t.Errorf("ledger has %d charges for the order, want 1", len(ledger))
+	}
+	if got := f.status(t, o.ID); got != orders.StatusPaid {
+		t.Errorf("status = %s, want PAID", got)
+	}
+}
+
+func TestDeclineIsAnOutcomeNotAnError(t *testing.T) {
+	f := newFixture(t, answer(http.StatusPaymentRequired, `{"id":"pay_9","status":"declined","reason":"insufficient_funds"}`))
+	o, msg := f.order(t)
+	if err := f.w.handle(msg); err != nil {
+		t.Fatalf("handle = %v, want nil: a decline is not retried", err)
+	}
+	if got := f.status(t, o.ID); got != orders.StatusPaymentFailed {
+		t.Errorf("status = %s, want PAYMENT_FAILED", got)
+	}
+	if got := f.outcomeTypes(t); len(got) != 1 || got[0] != events.TypePaymentFailed {
+		t.Errorf("outcome events = %v, want exactly one %s", got, events.TypePaymentFailed)
+	}
+}
+
+func TestFailures(t *testing.T) {
+	tests := []struct {
+		name          string
+		provider      http.Handler
+		msg           func(f *fixture, t *testing.T) *message.Message
+		wantPermanent bool
+	}{
+		{"provider 503 is transient", answer(503, "busy"), orderMsg, false},
+		{"provider 500 is transient", answer(500, "oops"), orderMsg, false},
+		{"unreadable provider answer is transient", answer(201, "<html>"), orderMsg, false},
+		{"provider 400 is permanent", answer(400, "bad"), orderMsg, true},
+		{"unknown order is permanent", answer(201, ""), func(f *fixture, t *testing.T) *message.Message {
+			msg, _ := events.NewMessage(events.OrderCreated{ID: 42, AmountMinor: 1, Currency: "USD"}, testTime)
+			return msg
+		}, true},
+		{"undecodable payload is permanent", answer(201, ""), func(f *fixture, t *testing.T) *message.Message {
+			msg := message.NewMessage("m1", []byte("{not json"))
+			msg.Metadata.Set(events.MetaType, events.TypeOrderCreated)
+			return msg
+		}, true},
+		{"unknown event type is permanent", answer(201, ""), func(f *fixture, t *testing.T) *message.Message {
+			msg := message.NewMessage("m2", []byte(`{"orderId":1}`))
+			msg.Metadata.Set(events.MetaType, "orders.order.exploded.v1")
+			return msg
+		}, true},
+		{"payment event on the orders topic is permanent", answer(201, ""), func(f *fixture, t *testing.T) *message.Message {
+			msg, _ := events.NewMessage(events.PaymentFailed{ID: 1, Reason: "x"}, testTime)
+			return msg
+		}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t, tt.provider)
+			err := f.w.handle(tt.msg(f, t))
+			if err == nil {
+				t.Fatal("handle = nil, want an error")
+			}
+			if got := isPermanent(err); got != tt.wantPermanent {
+				t.Errorf("isPermanent(%v) = %v, want %v", err, got, tt.wantPermanent)
+			}
+			var n int
+			f.db.QueryRow(`SELECT count(*) FROM orders WHERE status <> 'PENDING'`).Scan(&n)
+			if n != 0 || len(f.outcomeTypes(t)) != 0 {
+				t.Errorf("a failed attempt changed %d orders / wrote outcome events %v; want nothing", n, f.outcomeTypes(t))
+			}
+		})
+	}
+}
+
+var testTime = mustTime("2026-01-02T03:04:05Z")
+
+func orderMsg(f *fixture, t *testing.T) *message.Message {
+	_, msg := f.order(t)
+	return msg
+}
+
+func TestPermanentWrapping(t *testing.T) {
+	base := errors.New("x")
+	if isPermanent(base) || !isPermanent(permanent(base)) || !errors.Is(permanent(base), base) {
+		t.Error("permanent() must mark an error and keep it unwrappable")
+	}
+}
+
+func mustTime(s string) (tm time.Time) {
+	tm, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		panic(err)
+	}
+	return tm
+}
