@@ -12,10 +12,12 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
+	"github.com/go-chi/httprate"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/orderpipe/orderpipe/orders"
@@ -28,6 +30,12 @@ type Config struct {
 	// DBTimeout bounds each request's database work, so a dead database answers 503
 	// instead of hanging the client. Default 4s.
 	DBTimeout time.Duration
+	// Cache, when set, serves GET /orders/{id} from Redis (cache-aside). Optional: the
+	// API answers from Postgres when it is nil, down or slow.
+	Cache *orders.Cache
+	// RateLimit is how many requests per second one client IP may make; more are
+	// answered 429 with Retry-After. 0 disables the limit.
+	RateLimit int
 }
 
 func (c *Config) setDefaults() {
@@ -41,33 +49,55 @@ func (c *Config) setDefaults() {
 
 // Server serves the API.
 type Server struct {
-	store  *orders.Store
-	db     *sql.DB
-	logger *slog.Logger
-	cfg    Config
+	store   *orders.Store
+	db      *sql.DB
+	logger  *slog.Logger
+	cfg     Config
+	metrics *metrics
 }
 
 // New returns the API's handler.
 func New(store *orders.Store, db *sql.DB, logger *slog.Logger, cfg Config) http.Handler {
 	cfg.setDefaults()
-	s := &Server{store: store, db: db, logger: logger, cfg: cfg}
+	s := &Server{store: store, db: db, logger: logger, cfg: cfg, metrics: newMetrics(db)}
 	return s.routes()
 }
 
 func (s *Server) routes() http.Handler {
 	r := chi.NewRouter()
-	r.Use(middleware.RequestID, s.accessLog, s.recoverer)
+	r.Use(middleware.RequestID, s.accessLog, s.metrics.instrument, s.recoverer)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, problem{Type: typeNotFound, Title: "Not found", Status: http.StatusNotFound,
 			Detail: "no such resource"})
 	})
-	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
-		writeProblem(w, problem{Type: typeMethod, Title: "Method not allowed", Status: http.StatusMethodNotAllowed})
+	r.MethodNotAllowed(func(w http.ResponseWriter, req *http.Request) {
+		// chi does not pass the allowed methods to a custom handler: ask the router.
+		var allowed []string
+		for _, m := range []string{http.MethodGet, http.MethodPost} {
+			if r.Match(chi.NewRouteContext(), m, req.URL.Path) {
+				allowed = append(allowed, m)
+			}
+		}
+		w.Header().Set("Allow", strings.Join(allowed, ", "))
+		writeProblem(w, problem{Type: typeMethod, Title: "Method not allowed", Status: http.StatusMethodNotAllowed,
+			Detail: "this resource allows " + strings.Join(allowed, ", ")})
 	})
 	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	r.Get("/readyz", s.ready)
-	r.Post("/orders", s.createOrder)
-	r.Get("/orders/{id}", s.getOrder)
+	r.Method(http.MethodGet, "/metrics", s.metrics.handler())
+	r.Group(func(r chi.Router) {
+		if s.cfg.RateLimit > 0 {
+			r.Use(httprate.Limit(s.cfg.RateLimit, time.Second,
+				httprate.WithKeyFuncs(httprate.KeyByIP),
+				httprate.WithLimitHandler(func(w http.ResponseWriter, r *http.Request) {
+					writeProblem(w, problem{Type: typeRateLimited, Title: "Too many requests", Status: http.StatusTooManyRequests,
+						Detail: "slow down and retry after the time in Retry-After"})
+				})))
+		}
+		r.Post("/orders", s.createOrder)
+		r.Get("/orders", s.listOrders)
+		r.Get("/orders/{id}", s.getOrder)
+	})
 	return r
 }
 
@@ -103,9 +133,7 @@ func (s *Server) getOrder(w http.ResponseWriter, r *http.Request) {
 		badRequest(w, "order id must be a positive integer")
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.DBTimeout)
-	defer cancel()
-	o, err := s.store.Get(ctx, id)
+	o, err := s.lookup(r.Context(), id)
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -116,6 +144,36 @@ func (s *Server) getOrder(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, body)
+}
+
+// lookup reads an order through the cache. Redis errors count as misses: the order is
+// read from Postgres and the answer does not depend on Redis being up.
+func (s *Server) lookup(ctx context.Context, id int64) (orders.Order, error) {
+	if s.cfg.Cache != nil {
+		o, err := s.cfg.Cache.Get(ctx, id)
+		switch {
+		case err == nil:
+			s.metrics.cache.WithLabelValues("hit").Inc()
+			return o, nil
+		case errors.Is(err, orders.ErrCacheMiss):
+			s.metrics.cache.WithLabelValues("miss").Inc()
+		default:
+			s.metrics.cache.WithLabelValues("error").Inc()
+			s.logger.DebugContext(ctx, "cache unavailable", "err", err)
+		}
+	}
+	dbCtx, cancel := context.WithTimeout(ctx, s.cfg.DBTimeout)
+	defer cancel()
+	o, err := s.store.Get(dbCtx, id)
+	if err != nil {
+		return orders.Order{}, err
+	}
+	if s.cfg.Cache != nil {
+		if err := s.cfg.Cache.Put(ctx, o); err != nil {
+			s.logger.DebugContext(ctx, "cache fill failed", "order_id", id, "err", err)
+		}
+	}
+	return o, nil
 }
 
 func (s *Server) ready(w http.ResponseWriter, r *http.Request) {

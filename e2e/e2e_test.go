@@ -30,12 +30,14 @@ func startPipeline(t *testing.T) pipeline {
 	p := pipeline{apiURL: "http://" + apiAddr, paymentURL: "http://" + payAddr, topicPrefix: prefix}
 
 	startDaemon(t, "paymentsim", []string{"HTTP_ADDR=" + payAddr}, p.paymentURL+"/healthz")
-	startDaemon(t, "api", []string{"HTTP_ADDR=" + apiAddr, "DATABASE_URL=" + dbURL, "KAFKA_TOPIC_PREFIX=" + prefix},
+	startDaemon(t, "api", []string{"HTTP_ADDR=" + apiAddr, "DATABASE_URL=" + dbURL, "KAFKA_TOPIC_PREFIX=" + prefix,
+		"REDIS_URL=" + testenv.RedisURL(), "CACHE_KEY_PREFIX=" + prefix + "order:"},
 		p.apiURL+"/healthz")
 	startDaemon(t, "relay", []string{"ADMIN_ADDR=" + relayAdmin, "DATABASE_URL=" + dbURL, "KAFKA_BROKERS=" + brokers},
 		"http://"+relayAdmin+"/healthz")
 	startDaemon(t, "worker", []string{"ADMIN_ADDR=" + workerAdmin, "DATABASE_URL=" + dbURL, "KAFKA_BROKERS=" + brokers,
-		"KAFKA_TOPIC_PREFIX=" + prefix, "WORKER_GROUP=worker-" + testenv.ID(), "PAYMENT_URL=" + p.paymentURL},
+		"KAFKA_TOPIC_PREFIX=" + prefix, "WORKER_GROUP=worker-" + testenv.ID(), "PAYMENT_URL=" + p.paymentURL,
+		"REDIS_URL=" + testenv.RedisURL(), "CACHE_KEY_PREFIX=" + prefix + "order:"},
 		"http://"+workerAdmin+"/healthz")
 	return p
 }

@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/orderpipe/orderpipe/events"
@@ -216,4 +217,69 @@ func (t *Tx) SaveResponse(ctx context.Context, key string, r StoredResponse) err
 		return fmt.Errorf("save idempotent response: %w", err)
 	}
 	return nil
+}
+
+// ListFilter selects orders for List. Zero fields do not filter.
+type ListFilter struct {
+	CustomerID string
+	Status     Status
+	// BeforeID continues a listing: only orders with a smaller id (older) are returned.
+	BeforeID int64
+	Limit    int
+}
+
+// List returns orders newest first, by keyset on id, so a page costs the same however
+// deep the listing goes.
+func (s *Store) List(ctx context.Context, f ListFilter) ([]Order, error) {
+	// The WHERE clause names only the filters given, so each shape gets a plan that
+	// uses its index (a catch-all "$1 = '' OR ..." defeats generic plans).
+	var (
+		where []string
+		args  []any
+	)
+	add := func(cond string, arg any) {
+		args = append(args, arg)
+		where = append(where, fmt.Sprintf(cond, len(args)))
+	}
+	if f.CustomerID != "" {
+		add("customer_id = $%d", f.CustomerID)
+	}
+	if f.Status != "" {
+		add("status = $%d", string(f.Status))
+	}
+	if f.BeforeID > 0 {
+		add("id < $%d", f.BeforeID)
+	}
+	query := `SELECT ` + orderColumns + ` FROM orders`
+	if len(where) > 0 {
+		query += ` WHERE ` + strings.Join(where, " AND ")
+	}
+	args = append(args, f.Limit)
+	rows, err := s.db.QueryContext(ctx, query+fmt.Sprintf(` ORDER BY id DESC LIMIT $%d`, len(args)), args...)
+	if err != nil {
+		return nil, fmt.Errorf("list orders: %w", err)
+	}
+	defer rows.Close()
+	out := []Order{}
+	for rows.Next() {
+		o, err := scanOrder(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list orders: %w", err)
+		}
+		out = append(out, o)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list orders: %w", err)
+	}
+	return out, nil
+}
+
+// DeleteExpiredKeys removes up to limit expired idempotency keys and reports how many.
+func (s *Store) DeleteExpiredKeys(ctx context.Context, limit int) (int64, error) {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM idempotency_keys WHERE key IN (
+		SELECT key FROM idempotency_keys WHERE expires_at <= now() LIMIT $1 FOR UPDATE SKIP LOCKED)`, limit)
+	if err != nil {
+		return 0, fmt.Errorf("delete expired idempotency keys: %w", err)
+	}
+	return res.RowsAffected()
 }

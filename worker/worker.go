@@ -44,6 +44,8 @@ type Config struct {
 	RetryMaxInterval time.Duration
 	// HandlerTimeout bounds one attempt at a message. Default 15s.
 	HandlerTimeout time.Duration
+	// Cache, when set, has each changed order's entry invalidated after commit.
+	Cache *orders.Cache
 }
 
 func (c *Config) setDefaults() {
@@ -82,6 +84,7 @@ const handlerName = "payment"
 type Worker struct {
 	router   *message.Router
 	store    *orders.Store
+	cache    *orders.Cache
 	payments *PaymentClient
 	logger   *slog.Logger
 }
@@ -95,6 +98,7 @@ func New(store *orders.Store, cfg Config, logger *slog.Logger) (*Worker, error) 
 	wlog := watermill.NewSlogLogger(logger)
 	w := &Worker{
 		store:    store,
+		cache:    cfg.Cache,
 		payments: &PaymentClient{BaseURL: cfg.PaymentURL, HTTP: &http.Client{Timeout: cfg.PaymentTimeout}},
 		logger:   logger,
 	}
@@ -185,21 +189,25 @@ func (w *Worker) pay(ctx context.Context, msgID string, e events.OrderCreated) e
 		return err
 	}
 	if o.Status != orders.StatusPending {
-		return nil // already decided: a redelivery or a replay
+		// Already decided: a redelivery or a replay. Invalidate again in case the first
+		// invalidation was lost (Redis down then); it is idempotent.
+		w.invalidate(ctx, o)
+		return nil
 	}
 	charge, err := w.payments.Charge(ctx, "order-"+strconv.FormatInt(o.ID, 10), o.ID, o.Amount.Minor, o.Amount.Currency)
 	if err != nil {
 		return err
 	}
+	var changed orders.Order
 	err = w.store.InTx(ctx, func(tx *orders.Tx) error {
 		first, err := tx.MarkProcessed(ctx, handlerName, msgID)
 		if err != nil || !first {
 			return err
 		}
 		if charge.Approved {
-			_, err = tx.MarkPaid(ctx, o.ID, charge.ID)
+			changed, err = tx.MarkPaid(ctx, o.ID, charge.ID)
 		} else {
-			_, err = tx.MarkPaymentFailed(ctx, o.ID, charge.ID, charge.Reason)
+			changed, err = tx.MarkPaymentFailed(ctx, o.ID, charge.ID, charge.Reason)
 		}
 		return err
 	})
@@ -209,9 +217,23 @@ func (w *Worker) pay(ctx context.Context, msgID string, e events.OrderCreated) e
 	if err != nil {
 		return err
 	}
+	if changed.ID != 0 {
+		w.invalidate(ctx, changed)
+	}
 	w.logger.InfoContext(ctx, "order paid", "order_id", o.ID, "approved", charge.Approved,
 		"payment_id", charge.ID, "message_id", msgID)
 	return nil
+}
+
+// invalidate drops cached versions of o older than o. A failure is logged, not
+// returned: Redis is optional, and a PENDING entry expires within seconds anyway.
+func (w *Worker) invalidate(ctx context.Context, o orders.Order) {
+	if w.cache == nil {
+		return
+	}
+	if err := w.cache.Invalidate(ctx, o.ID, o.Version); err != nil {
+		w.logger.WarnContext(ctx, "cache invalidation failed", "order_id", o.ID, "err", err)
+	}
 }
 
 // messageID is the event id: the CloudEvents id, stable across relay resends.

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/signal"
@@ -33,6 +34,9 @@ func main() {
 type config struct {
 	HTTPAddr        string
 	DatabaseURL     string
+	RedisURL        string
+	CacheKeyPrefix  string
+	RateLimit       int
 	DBMaxConns      int
 	TopicPrefix     string
 	IdempotencyTTL  time.Duration
@@ -44,6 +48,9 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	cfg := config{
 		HTTPAddr:        env.String("HTTP_ADDR", ":8080"),
 		DatabaseURL:     env.String("DATABASE_URL", "postgres://orderuser:secret@localhost:5432/orderdb?sslmode=disable"),
+		RedisURL:        env.String("REDIS_URL", "redis://localhost:6379/0"),
+		CacheKeyPrefix:  env.String("CACHE_KEY_PREFIX", "order:"),
+		RateLimit:       env.Int("RATE_LIMIT", 0, 0),
 		DBMaxConns:      env.Int("DB_MAX_CONNS", 16, 1),
 		TopicPrefix:     env.String("KAFKA_TOPIC_PREFIX", ""),
 		IdempotencyTTL:  env.Duration("IDEMPOTENCY_TTL", 24*time.Hour),
@@ -54,6 +61,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		return fmt.Errorf("config: %w", err)
 	}
 	logger.Info("starting", "http_addr", cfg.HTTPAddr, "database_url", envconf.Redact(cfg.DatabaseURL),
+		"redis_url", envconf.Redact(cfg.RedisURL), "rate_limit", cfg.RateLimit,
 		"db_max_conns", cfg.DBMaxConns, "topic_prefix", cfg.TopicPrefix, "idempotency_ttl", cfg.IdempotencyTTL.String())
 
 	db, err := postgres.Open(ctx, cfg.DatabaseURL, cfg.DBMaxConns)
@@ -67,10 +75,18 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	}
 	logger.Info("schema migrated", "version", version)
 
+	cache, err := orders.OpenCache(cfg.RedisURL, orders.CacheConfig{KeyPrefix: cfg.CacheKeyPrefix})
+	if err != nil {
+		return err
+	}
+	defer cache.Close()
+
 	store := orders.NewStore(db, outbox.New(cfg.TopicPrefix))
 	srv := &http.Server{
-		Addr:              cfg.HTTPAddr,
-		Handler:           api.New(store, db, logger, api.Config{IdempotencyTTL: cfg.IdempotencyTTL}),
+		Addr: cfg.HTTPAddr,
+		Handler: api.New(store, db, logger, api.Config{
+			IdempotencyTTL: cfg.IdempotencyTTL, Cache: cache, RateLimit: cfg.RateLimit,
+		}),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
 		WriteTimeout:      15 * time.Second,
@@ -79,6 +95,10 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe() }()
 	logger.Info("listening", "http_addr", cfg.HTTPAddr)
+	janitorCtx, stopJanitor := context.WithCancel(ctx)
+	janitorDone := make(chan struct{})
+	go func() { defer close(janitorDone); expireKeys(janitorCtx, store, logger) }()
+	defer func() { stopJanitor(); <-janitorDone }()
 
 	select {
 	case err := <-errc:
@@ -96,4 +116,32 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	}
 	logger.Info("stopped")
 	return nil
+}
+
+// expireKeys deletes expired idempotency keys every minute, in batches, until ctx ends.
+func expireKeys(ctx context.Context, store *orders.Store, logger *slog.Logger) {
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for {
+			n, err := store.DeleteExpiredKeys(ctx, 1000)
+			if err != nil {
+				if ctx.Err() == nil {
+					logger.Warn("expire idempotency keys", "err", err)
+				}
+				break
+			}
+			if n > 0 {
+				logger.Info("expired idempotency keys deleted", "count", n)
+			}
+			if n < 1000 {
+				break
+			}
+		}
+	}
 }

@@ -32,6 +32,8 @@ func main() {
 func run(ctx context.Context, getenv func(string) string, stdout io.Writer) error {
 	env := envconf.New(getenv)
 	databaseURL := env.String("DATABASE_URL", "postgres://orderuser:secret@localhost:5432/orderdb?sslmode=disable")
+	redisURL := env.String("REDIS_URL", "redis://localhost:6379/0")
+	cacheKeyPrefix := env.String("CACHE_KEY_PREFIX", "order:")
 	adminAddr := env.String("ADMIN_ADDR", ":9103")
 	cfg := worker.Config{
 		Brokers:          kafkaconf.Brokers(env.String("KAFKA_BROKERS", "localhost:9092")),
@@ -49,13 +51,19 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		return fmt.Errorf("config: %w", err)
 	}
 	logger.Info("starting", "database_url", envconf.Redact(databaseURL), "kafka_brokers", cfg.Brokers,
-		"topic_prefix", cfg.TopicPrefix, "group", cfg.ConsumerGroup, "payment_url", cfg.PaymentURL, "admin_addr", adminAddr)
+		"topic_prefix", cfg.TopicPrefix, "group", cfg.ConsumerGroup, "payment_url", cfg.PaymentURL, "redis_url", envconf.Redact(redisURL), "admin_addr", adminAddr)
 
 	db, err := postgres.Open(ctx, databaseURL, 8)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
+	cache, err := orders.OpenCache(redisURL, orders.CacheConfig{KeyPrefix: cacheKeyPrefix})
+	if err != nil {
+		return err
+	}
+	defer cache.Close()
+	cfg.Cache = cache
 	w, err := worker.New(orders.NewStore(db, outbox.New(cfg.TopicPrefix)), cfg, logger)
 	if err != nil {
 		return err

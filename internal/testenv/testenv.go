@@ -280,3 +280,20 @@ func Header(m *sarama.ConsumerMessage, key string) string {
 	}
 	return ""
 }
+
+// CachePrefix returns a Redis key prefix no other test uses, after checking that Redis
+// answers.
+func CachePrefix(t testing.TB) string {
+	t.Helper()
+	Integration(t)
+	u, err := url.Parse(RedisURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := net.DialTimeout("tcp", u.Host, time.Second)
+	if err != nil {
+		t.Fatalf("redis is not reachable at %s (start the stack: make up): %v", u.Host, err)
+	}
+	conn.Close()
+	return "t" + ID() + ":order:"
+}
