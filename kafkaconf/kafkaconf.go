@@ -7,10 +7,16 @@
 package kafkaconf
 
 import (
+	"fmt"
 	"strings"
 	"time"
 
 	"github.com/IBM/sarama"
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/orderpipe/orderpipe/events"
 )
 
 // Version is the protocol version Sarama starts from; since Sarama 1.46 it negotiates down
@@ -63,4 +69,27 @@ func base(clientID string) *sarama.Config {
 	c.Metadata.Retry.Backoff = 500 * time.Millisecond
 	c.Net.DialTimeout = 5 * time.Second
 	return c
+}
+
+// Marshaler converts Watermill messages to Kafka records and back (watermill-kafka's
+// format: metadata as headers, the message UUID in a header) with the event's subject,
+// the order id, as the record key: one order's events share a partition and keep their
+// order.
+var Marshaler = kafka.NewWithPartitioningMarshaler(func(_ string, msg *message.Message) (string, error) {
+	return msg.Metadata.Get(events.MetaSubject), nil
+})
+
+// NewPublisher returns a Watermill publisher with the Producer configuration and the
+// Marshaler above. It sends one message at a time and waits for each ack: fine for rare
+// messages (the poison queue); the relay batches instead.
+func NewPublisher(brokers []string, clientID string, logger watermill.LoggerAdapter) (*kafka.Publisher, error) {
+	pub, err := kafka.NewPublisher(kafka.PublisherConfig{
+		Brokers:               brokers,
+		Marshaler:             Marshaler,
+		OverwriteSaramaConfig: Producer(clientID),
+	}, logger)
+	if err != nil {
+		return nil, fmt.Errorf("kafka publisher: %w", err)
+	}
+	return pub, nil
 }

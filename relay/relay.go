@@ -1,6 +1,27 @@
-// Package relay forwards the transactional outbox to Kafka: a watermill-sql subscriber
-// reads committed outbox rows in commit order, and Watermill's forwarder publishes each
-// to the Kafka topic named in its envelope, keyed by order id.
+// Package relay forwards the transactional outbox to Kafka.
+//
+// It reads the outbox that watermill-sql's PostgreSQL schema defines (table
+// watermill_outbox, rows in Watermill's forwarder envelope) and keeps its position in
+// watermill-sql's offsets table, but it does not use watermill-sql's subscriber and
+// forwarder: their query sorts the whole unforwarded backlog on every poll and they
+// publish one message per Kafka round trip, which caps a relay at a few hundred rows per
+// second and lets one that fell behind never catch up. Instead:
+//
+//   - Rows are read by an index range scan on the outbox's primary key
+//     (transaction_id, offset), after the last forwarded row and below the oldest
+//     running transaction (pg_snapshot_xmin). A row whose transaction commits late is
+//     therefore read after it commits, never skipped: no gaps.
+//   - A batch is sent with one SyncProducer.SendMessages call (acks=all, idempotent, one
+//     request in flight per broker), which keeps each partition's order while batching,
+//     and the position moves only after every message of the batch is acknowledged:
+//     at-least-once. Records are built by watermill-kafka's marshaler, so consumers read
+//     them as any Watermill Kafka message, keyed by order id.
+//   - One relay per consumer group is active, elected by a Postgres advisory lock held on
+//     the session that also reads and saves the position; others wait as hot standbys.
+//     If the active one dies its session ends, the lock is released and a standby takes
+//     over from the saved position.
+//   - An envelope that does not decode is set aside in outbox_dead_letters and counted.
+//   - Forwarded rows older than the retention are deleted, so the outbox stays bounded.
 package relay
 
 import (
@@ -8,38 +29,64 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
-	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
-	wsql "github.com/ThreeDotsLabs/watermill-sql/v3/pkg/sql"
-	"github.com/ThreeDotsLabs/watermill/components/forwarder"
-	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/IBM/sarama"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
 
-	"github.com/orderpipe/orderpipe/events"
 	"github.com/orderpipe/orderpipe/kafkaconf"
-	"github.com/orderpipe/orderpipe/outbox"
 )
 
 // Config tunes the relay.
 type Config struct {
 	// Brokers are the Kafka bootstrap servers.
 	Brokers []string
-	// PollInterval is how long the relay waits before polling an empty outbox again.
-	// Default 100ms.
+	// PollInterval is how long the relay waits before reading an empty outbox again.
+	// While there are rows it reads again at once. Default 10ms.
 	PollInterval time.Duration
-	// ConsumerGroup names the relay's position in the outbox (table
-	// watermill_offsets_outbox). Default "relay".
+	// BatchSize is the most rows read and sent at once. Default 1000.
+	BatchSize int
+	// ConsumerGroup names the relay's position (table watermill_offsets_outbox) and its
+	// leadership lock. Default "relay".
 	ConsumerGroup string
+	// StandbyInterval is how often a standby relay tries to become the active one.
+	// Default 1s.
+	StandbyInterval time.Duration
+	// Retention is how long forwarded rows are kept before they are deleted. Default 1h.
+	Retention time.Duration
+	// PruneInterval is how often forwarded rows past the retention are deleted, and the
+	// backlog gauge refreshed. Default 5s.
+	PruneInterval time.Duration
+	// MaxBackoff caps the wait between attempts while Kafka or Postgres fail. Default 5s.
+	MaxBackoff time.Duration
+	// Registerer receives the relay's metrics; nil registers nothing.
+	Registerer prometheus.Registerer
 }
 
 func (c *Config) setDefaults() {
 	if c.PollInterval == 0 {
-		c.PollInterval = 100 * time.Millisecond
+		c.PollInterval = 10 * time.Millisecond
+	}
+	if c.BatchSize == 0 {
+		c.BatchSize = 1000
 	}
 	if c.ConsumerGroup == "" {
 		c.ConsumerGroup = "relay"
+	}
+	if c.StandbyInterval == 0 {
+		c.StandbyInterval = time.Second
+	}
+	if c.Retention == 0 {
+		c.Retention = time.Hour
+	}
+	if c.PruneInterval == 0 {
+		c.PruneInterval = 5 * time.Second
+	}
+	if c.MaxBackoff == 0 {
+		c.MaxBackoff = 5 * time.Second
 	}
 }
 
@@ -48,14 +95,19 @@ func (c Config) Validate() error {
 	if len(c.Brokers) == 0 {
 		return errors.New("no Kafka brokers")
 	}
+	if c.BatchSize < 1 {
+		return errors.New("batch size must be at least 1")
+	}
 	return nil
 }
 
 // Relay forwards outbox rows to Kafka.
 type Relay struct {
-	fwd *forwarder.Forwarder
-	pub *kafka.Publisher
-	sub *wsql.Subscriber
+	db      *sql.DB
+	cfg     Config
+	logger  *slog.Logger
+	metrics *metrics
+	lockKey int64
 }
 
 // New returns a relay reading the outbox in db.
@@ -64,51 +116,157 @@ func New(db *sql.DB, cfg Config, logger *slog.Logger) (*Relay, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	wlog := watermill.NewSlogLogger(logger)
-	sub, err := wsql.NewSubscriber(db, wsql.SubscriberConfig{
-		ConsumerGroup:  cfg.ConsumerGroup,
-		PollInterval:   cfg.PollInterval,
-		SchemaAdapter:  outbox.SchemaAdapter,
-		OffsetsAdapter: outbox.OffsetsAdapter,
-	}, wlog)
-	if err != nil {
-		return nil, fmt.Errorf("outbox subscriber: %w", err)
-	}
-	pub, err := NewKafkaPublisher(cfg.Brokers, "orderpipe-relay", wlog)
+	m, err := newMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, err
 	}
-	fwd, err := forwarder.NewForwarder(sub, pub, wlog, forwarder.Config{ForwarderTopic: outbox.Topic})
-	if err != nil {
-		return nil, fmt.Errorf("forwarder: %w", err)
-	}
-	return &Relay{fwd: fwd, pub: pub, sub: sub}, nil
+	h := fnv.New64a()
+	h.Write([]byte("orderpipe.relay." + cfg.ConsumerGroup))
+	return &Relay{db: db, cfg: cfg, logger: logger, metrics: m, lockKey: int64(h.Sum64())}, nil
 }
 
-// Run forwards until ctx is done.
+// Run forwards until ctx is done. Losing the database or Kafka is not fatal: the relay
+// backs off and tries again, resuming from the last saved position.
 func (r *Relay) Run(ctx context.Context) error {
-	defer r.pub.Close()
-	if err := r.fwd.Run(ctx); err != nil && ctx.Err() == nil {
-		return fmt.Errorf("forwarder: %w", err)
+	backoff := newBackoff(r.cfg.MaxBackoff)
+	for {
+		err := r.lead(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		r.logger.Warn("relay session ended; retrying", "err", err)
+		if !backoff.wait(ctx) {
+			return nil
+		}
+	}
+}
+
+// lead waits to become the active relay and then forwards until an error or ctx ends.
+func (r *Relay) lead(ctx context.Context) error {
+	conn, err := r.db.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Close()
+	for {
+		var acquired bool
+		if err := conn.QueryRowContext(ctx, `SELECT pg_try_advisory_lock($1)`, r.lockKey).Scan(&acquired); err != nil {
+			return fmt.Errorf("leader lock: %w", err)
+		}
+		if acquired {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(r.cfg.StandbyInterval):
+		}
+	}
+	// The lock belongs to this session and ends with it (conn.Close discards the
+	// connection if it broke), so there is nothing to unlock on the way out.
+	r.metrics.leader.Set(1)
+	defer r.metrics.leader.Set(0)
+	r.logger.Info("active relay", "group", r.cfg.ConsumerGroup)
+
+	pos, err := loadPosition(ctx, conn, r.cfg.ConsumerGroup)
+	if err != nil {
+		return err
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return r.maintain(ctx) })
+	g.Go(func() error { return r.forward(ctx, conn, pos) })
+	return g.Wait()
+}
+
+// forward is the active relay's loop: read a batch, send it, save the position.
+func (r *Relay) forward(ctx context.Context, conn *sql.Conn, pos position) error {
+	producer, err := r.newProducer()
+	if err != nil {
+		return err
+	}
+	defer func() { producer.Close() }()
+	backoff := newBackoff(r.cfg.MaxBackoff)
+	for ctx.Err() == nil {
+		rows, err := readBatch(ctx, conn, pos, r.cfg.BatchSize)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("read outbox: %w", err)
+		}
+		if len(rows) == 0 {
+			select {
+			case <-ctx.Done():
+			case <-time.After(r.cfg.PollInterval):
+			}
+			continue
+		}
+		msgs, dead := decodeBatch(rows)
+		if err := producer.SendMessages(msgs); err != nil {
+			// Nothing moves: the whole batch is sent again, and Kafka keeps each
+			// partition's order. A fresh producer starts a fresh idempotence session.
+			r.metrics.publishErrors.Inc()
+			r.logger.Warn("kafka publish failed; will resend the batch", "rows", len(rows), "err", err)
+			producer.Close()
+			if !backoff.wait(ctx) {
+				return nil
+			}
+			if producer, err = r.newProducer(); err != nil {
+				return err
+			}
+			continue
+		}
+		backoff.reset()
+		acked := time.Now()
+		last := rows[len(rows)-1].pos
+		// The batch is on Kafka: save the position even if shutdown began meanwhile.
+		saveCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		err = savePosition(saveCtx, conn, r.cfg.ConsumerGroup, last, dead)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("save position: %w", err)
+		}
+		pos = last
+		r.metrics.observe(rows, msgs, dead, acked)
+		for _, d := range dead {
+			r.logger.Error("outbox row set aside as dead letter", "message_id", d.row.uuid, "err", d.reason)
+		}
 	}
 	return nil
 }
 
-// NewKafkaPublisher returns a synchronous, idempotent Kafka publisher whose message key
-// is the event's subject (the order id), so one order's events share a partition and
-// keep their order.
-func NewKafkaPublisher(brokers []string, clientID string, logger watermill.LoggerAdapter) (*kafka.Publisher, error) {
-	pub, err := kafka.NewPublisher(kafka.PublisherConfig{
-		Brokers:               brokers,
-		Marshaler:             kafka.NewWithPartitioningMarshaler(orderKey),
-		OverwriteSaramaConfig: kafkaconf.Producer(clientID),
-	}, logger)
+func (r *Relay) newProducer() (sarama.SyncProducer, error) {
+	c := kafkaconf.Producer("orderpipe-relay")
+	// The relay retries whole batches itself; fewer internal retries keep a shutdown
+	// during a Kafka outage inside its deadline.
+	c.Producer.Retry.Max = 3
+	c.Net.DialTimeout = 2 * time.Second
+	c.Metadata.Retry.Max = 2
+	p, err := sarama.NewSyncProducer(r.cfg.Brokers, c)
 	if err != nil {
-		return nil, fmt.Errorf("kafka publisher: %w", err)
+		return nil, fmt.Errorf("kafka producer: %w", err)
 	}
-	return pub, nil
+	return p, nil
 }
 
-func orderKey(_ string, msg *message.Message) (string, error) {
-	return msg.Metadata.Get(events.MetaSubject), nil
+// backoff doubles a wait from 100ms up to a maximum.
+type backoff struct {
+	next, max time.Duration
+}
+
+func newBackoff(max time.Duration) *backoff { return &backoff{next: 100 * time.Millisecond, max: max} }
+
+func (b *backoff) reset() { b.next = 100 * time.Millisecond }
+
+// wait sleeps for the current interval and reports false if ctx ended first.
+func (b *backoff) wait(ctx context.Context) bool {
+	t := time.NewTimer(b.next)
+	defer t.Stop()
+	b.next = min(2*b.next, b.max)
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }

@@ -20,7 +20,6 @@ import (
 	"github.com/orderpipe/orderpipe/events"
 	"github.com/orderpipe/orderpipe/kafkaconf"
 	"github.com/orderpipe/orderpipe/orders"
-	"github.com/orderpipe/orderpipe/relay"
 )
 
 // Config tunes the worker.
@@ -112,7 +111,7 @@ func New(store *orders.Store, cfg Config, logger *slog.Logger) (*Worker, error) 
 	if err != nil {
 		return nil, fmt.Errorf("kafka subscriber: %w", err)
 	}
-	poisonPub, err := relay.NewKafkaPublisher(cfg.Brokers, "orderpipe-worker", wlog)
+	poisonPub, err := kafkaconf.NewPublisher(cfg.Brokers, "orderpipe-worker", wlog)
 	if err != nil {
 		return nil, err
 	}

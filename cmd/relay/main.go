@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -32,27 +33,34 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	databaseURL := env.String("DATABASE_URL", "postgres://orderuser:secret@localhost:5432/orderdb?sslmode=disable")
 	adminAddr := env.String("ADMIN_ADDR", ":9102")
 	cfg := relay.Config{
-		Brokers:      kafkaconf.Brokers(env.String("KAFKA_BROKERS", "localhost:9092")),
-		PollInterval: env.Duration("RELAY_POLL_INTERVAL", 0),
+		Brokers:       kafkaconf.Brokers(env.String("KAFKA_BROKERS", "localhost:9092")),
+		PollInterval:  env.Duration("RELAY_POLL_INTERVAL", 10*time.Millisecond),
+		BatchSize:     env.Int("RELAY_BATCH_SIZE", 1000, 1),
+		ConsumerGroup: env.String("RELAY_GROUP", "relay"),
+		Retention:     env.Duration("RELAY_RETENTION", time.Hour),
+		PruneInterval: env.Duration("RELAY_PRUNE_INTERVAL", 5*time.Second),
 	}
 	logger := envconf.Logger(stdout, env.Level("LOG_LEVEL", 0), "relay")
 	if err := env.Err(); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
 	logger.Info("starting", "database_url", envconf.Redact(databaseURL), "kafka_brokers", cfg.Brokers,
-		"admin_addr", adminAddr)
+		"admin_addr", adminAddr, "group", cfg.ConsumerGroup, "poll_interval", cfg.PollInterval.String(),
+		"batch_size", cfg.BatchSize, "retention", cfg.Retention.String())
 
 	db, err := postgres.Open(ctx, databaseURL, 4)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
+	reg := admin.NewRegistry(db)
+	cfg.Registerer = reg
 	r, err := relay.New(db, cfg, logger)
 	if err != nil {
 		return err
 	}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return r.Run(ctx) })
-	g.Go(func() error { return admin.Serve(ctx, adminAddr, db, logger) })
+	g.Go(func() error { return admin.Serve(ctx, adminAddr, db, reg, logger) })
 	return g.Wait()
 }

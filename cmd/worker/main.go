@@ -70,6 +70,6 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return w.Run(ctx) })
-	g.Go(func() error { return admin.Serve(ctx, adminAddr, db, logger) })
+	g.Go(func() error { return admin.Serve(ctx, adminAddr, db, admin.NewRegistry(db), logger) })
 	return g.Wait()
 }

@@ -1,5 +1,5 @@
 // Package admin serves a daemon's operational endpoints: /healthz (the process is
-// alive) and /readyz (its database answers).
+// alive), /readyz (its database answers) and /metrics (Prometheus).
 package admin
 
 import (
@@ -10,11 +10,25 @@ import (
 	"log/slog"
 	"net/http"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
+// NewRegistry returns a metrics registry holding the Go runtime, process and database
+// pool collectors every daemon exposes.
+func NewRegistry(db *sql.DB) *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		collectors.NewDBStatsCollector(db, "orderdb"))
+	return reg
+}
+
 // Serve listens on addr until ctx is done.
-func Serve(ctx context.Context, addr string, db *sql.DB, logger *slog.Logger) error {
+func Serve(ctx context.Context, addr string, db *sql.DB, reg *prometheus.Registry, logger *slog.Logger) error {
 	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)

@@ -41,11 +41,12 @@ CREATE TABLE processed_messages (
 -- The transactional outbox: watermill-sql's PostgreSQL schema for topic "outbox", created
 -- here because watermill refuses to create tables inside a transaction. The relay reads it
 -- in (transaction_id, offset) order, below the oldest running transaction, so a row
--- committed late is never skipped.
+-- committed late is never skipped. One deviation: created_at is the insert's wall-clock
+-- time with zone (watermill never reads it; the relay measures its lag from it).
 CREATE TABLE watermill_outbox (
     "offset"       bigserial,
     uuid           varchar(36) NOT NULL,
-    created_at     timestamp   NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    created_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
     payload        json        DEFAULT NULL,
     metadata       json        DEFAULT NULL,
     transaction_id xid8        NOT NULL,
@@ -59,7 +60,20 @@ CREATE TABLE watermill_offsets_outbox (
     PRIMARY KEY (consumer_group)
 );
 
+-- Outbox rows the relay could not forward because their envelope does not decode: set
+-- aside here (and counted) instead of blocking everything behind them.
+CREATE TABLE outbox_dead_letters (
+    transaction_id xid8        NOT NULL,
+    "offset"       bigint      NOT NULL,
+    uuid           text        NOT NULL,
+    payload        text,
+    reason         text        NOT NULL,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (transaction_id, "offset")
+);
+
 -- +goose Down
+DROP TABLE outbox_dead_letters;
 DROP TABLE watermill_offsets_outbox;
 DROP TABLE watermill_outbox;
 DROP TABLE processed_messages;

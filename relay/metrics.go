@@ -1,0 +1,71 @@
+package relay
+
+import (
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	forwarded     *prometheus.CounterVec
+	publishErrors prometheus.Counter
+	deadLetters   prometheus.Counter
+	pruned        prometheus.Counter
+	backlog       prometheus.Gauge
+	leader        prometheus.Gauge
+	lag           prometheus.Histogram
+	batch         prometheus.Histogram
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		forwarded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relay_forwarded_total", Help: "Outbox rows acknowledged by Kafka, by topic.",
+		}, []string{"topic"}),
+		publishErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "relay_publish_errors_total", Help: "Batches Kafka did not acknowledge (they are sent again).",
+		}),
+		deadLetters: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "relay_dead_letters_total", Help: "Outbox rows set aside because their envelope does not decode.",
+		}),
+		pruned: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "relay_pruned_total", Help: "Forwarded outbox rows deleted after the retention.",
+		}),
+		backlog: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "relay_backlog_rows", Help: "Outbox rows not yet forwarded (refreshed every prune interval).",
+		}),
+		leader: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "relay_leader", Help: "1 while this relay is the active one.",
+		}),
+		lag: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "relay_lag_seconds",
+			Help:    "Time from an outbox row's insert to Kafka's acknowledgement.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}),
+		batch: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "relay_batch_rows", Help: "Rows per forwarded batch.",
+			Buckets: prometheus.ExponentialBuckets(1, 4, 7),
+		}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.forwarded, m.publishErrors, m.deadLetters, m.pruned,
+			m.backlog, m.leader, m.lag, m.batch} {
+			if err := reg.Register(c); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return m, nil
+}
+
+func (m *metrics) observe(rows []row, msgs []*sarama.ProducerMessage, dead []deadLetter, acked time.Time) {
+	m.batch.Observe(float64(len(rows)))
+	for _, r := range rows {
+		m.lag.Observe(acked.Sub(r.createdAt).Seconds())
+	}
+	for _, pm := range msgs {
+		m.forwarded.WithLabelValues(pm.Topic).Inc()
+	}
+	m.deadLetters.Add(float64(len(dead)))
+}
