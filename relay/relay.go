@@ -27,6 +27,7 @@ package relay
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -147,7 +148,13 @@ func (r *Relay) lead(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("connect: %w", err)
 	}
-	defer conn.Close()
+	// The leader lock belongs to this session. Returning the connection to the pool
+	// would keep the session, and the lock with it, so it is closed instead: reporting it
+	// bad makes database/sql discard it.
+	defer func() {
+		conn.Raw(func(any) error { return driver.ErrBadConn })
+		conn.Close()
+	}()
 	for {
 		var acquired bool
 		if err := conn.QueryRowContext(ctx, `SELECT pg_try_advisory_lock($1)`, r.lockKey).Scan(&acquired); err != nil {
@@ -162,8 +169,6 @@ func (r *Relay) lead(ctx context.Context) error {
 		case <-time.After(r.cfg.StandbyInterval):
 		}
 	}
-	// The lock belongs to this session and ends with it (conn.Close discards the
-	// connection if it broke), so there is nothing to unlock on the way out.
 	r.metrics.leader.Set(1)
 	defer r.metrics.leader.Set(0)
 	r.logger.Info("active relay", "group", r.cfg.ConsumerGroup)
