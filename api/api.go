@@ -85,6 +85,7 @@ func (s *Server) routes() http.Handler {
 	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	r.Get("/readyz", s.ready)
 	r.Method(http.MethodGet, "/metrics", s.metrics.handler())
+	r.Get("/openapi.yaml", serveOpenAPI)
 	r.Group(func(r chi.Router) {
 		if s.cfg.RateLimit > 0 {
 			r.Use(httprate.Limit(s.cfg.RateLimit, time.Second,

@@ -185,13 +185,26 @@ func (r *Relay) lead(ctx context.Context) error {
 
 // forward is the active relay's loop: read a batch, send it, save the position.
 func (r *Relay) forward(ctx context.Context, conn *sql.Conn, pos position) error {
-	producer, err := r.newProducer()
-	if err != nil {
-		return err
-	}
-	defer func() { producer.Close() }()
+	var producer sarama.SyncProducer // nil until Kafka answers
+	defer func() {
+		if producer != nil {
+			producer.Close()
+		}
+	}()
 	backoff := newBackoff(r.cfg.MaxBackoff)
 	for ctx.Err() == nil {
+		if producer == nil {
+			p, err := r.newProducer()
+			if err != nil {
+				r.metrics.publishErrors.Inc()
+				r.logger.Warn("kafka unavailable", "err", err)
+				if !backoff.wait(ctx) {
+					return nil
+				}
+				continue
+			}
+			producer = p
+		}
 		rows, err := readBatch(ctx, conn, pos, r.cfg.BatchSize)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -213,11 +226,9 @@ func (r *Relay) forward(ctx context.Context, conn *sql.Conn, pos position) error
 			r.metrics.publishErrors.Inc()
 			r.logger.Warn("kafka publish failed; will resend the batch", "rows", len(rows), "err", err)
 			producer.Close()
+			producer = nil
 			if !backoff.wait(ctx) {
 				return nil
-			}
-			if producer, err = r.newProducer(); err != nil {
-				return err
 			}
 			continue
 		}

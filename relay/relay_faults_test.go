@@ -24,12 +24,21 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 // publish writes one event for order id into the outbox within tx and returns its id.
 func publish(t *testing.T, tx *sql.Tx, prefix string, id int64) string {
 	t.Helper()
+	ce := publishOrErr(tx, prefix, id)
+	if ce == "" {
+		t.Fatal("outbox publish failed")
+	}
+	return ce
+}
+
+// publishOrErr is publish for goroutines: it returns "" on failure.
+func publishOrErr(tx *sql.Tx, prefix string, id int64) string {
 	msg, err := events.NewMessage(events.OrderCreated{ID: id, CustomerID: "C", AmountMinor: 1, Currency: "USD"}, time.Now())
 	if err != nil {
-		t.Fatal(err)
+		return ""
 	}
 	if err := outbox.New(prefix).Publish(tx, events.TopicOrders, msg); err != nil {
-		t.Fatal(err)
+		return ""
 	}
 	return msg.UUID
 }

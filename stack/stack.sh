@@ -17,6 +17,10 @@ REDIS_PORT=${REDIS_PORT:-6379}
 KAFKA_PORT=${KAFKA_PORT:-9092}
 KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
 KAFKA_PARTITIONS=${KAFKA_PARTITIONS:-8}
+# Where the Kafka jars are cached; fault tests running private brokers share the repo's.
+KAFKA_LIBS_DIR=${KAFKA_LIBS_DIR:-$STACK_DIR/kafka}
+# pg_ctl stop mode for "down": fast (default) or immediate (a crash, for fault tests).
+PG_STOP_MODE=${PG_STOP_MODE:-fast}
 PG_DB=orderdb PG_USER=orderuser PG_PASSWORD=secret
 
 log() { printf 'stack: %s\n' "$*" >&2; }
@@ -135,7 +139,7 @@ pg_down() {
 	if [ -n "$bin" ] && [ -f "$data/postmaster.pid" ] && as_pg "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
 		log "stopping postgres"
 		# pg_ctl signals the pid in postmaster.pid: the server this script started.
-		as_pg "$bin/pg_ctl" -D "$data" -m fast -w -t 60 stop >/dev/null
+		as_pg "$bin/pg_ctl" -D "$data" -m "$PG_STOP_MODE" -w -t 60 stop >/dev/null
 	fi
 }
 
@@ -164,7 +168,7 @@ kafka_libs() {
 	# Cached by the pom's checksum, so a version change in the pom fetches again.
 	local sum libs
 	sum=$(sha256sum "$root/stack/kafka/pom.xml" | cut -c1-16)
-	libs=$STACK_DIR/kafka/libs-$sum
+	libs=$KAFKA_LIBS_DIR/libs-$sum
 	if [ ! -f "$libs/.complete" ]; then
 		command -v java >/dev/null || apt_install openjdk-17-jre-headless
 		command -v mvn >/dev/null || apt_install maven

@@ -189,6 +189,15 @@ func TopicPrefix(t testing.TB) string {
 	return "t" + ID() + "."
 }
 
+// FaultDuration is how long a fault test keeps a service down: FAULT_DURATION (make
+// chaos sets 30s), else 5s so that make test stays short.
+func FaultDuration() time.Duration {
+	if d, err := time.ParseDuration(os.Getenv("FAULT_DURATION")); err == nil && d > 0 {
+		return d
+	}
+	return 5 * time.Second
+}
+
 // FreeAddr returns a loopback address with a port that was free a moment ago.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
@@ -221,7 +230,13 @@ func Eventually(t testing.TB, timeout time.Duration, cond func() (bool, string))
 // reports true or timeout passes, and returns what it read.
 func Consume(t testing.TB, topic string, timeout time.Duration, want func([]*sarama.ConsumerMessage) bool) []*sarama.ConsumerMessage {
 	t.Helper()
-	consumer, err := sarama.NewConsumer(Brokers(), kafkaconf.Consumer("testenv-"+ID()))
+	return ConsumeFrom(t, Brokers(), topic, timeout, want)
+}
+
+// ConsumeFrom is Consume on other brokers.
+func ConsumeFrom(t testing.TB, brokers []string, topic string, timeout time.Duration, want func([]*sarama.ConsumerMessage) bool) []*sarama.ConsumerMessage {
+	t.Helper()
+	consumer, err := sarama.NewConsumer(brokers, kafkaconf.Consumer("testenv-"+ID()))
 	if err != nil {
 		t.Fatalf("kafka consumer: %v", err)
 	}
