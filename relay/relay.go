@@ -220,7 +220,16 @@ func (r *Relay) forward(ctx context.Context, conn *sql.Conn, pos position) error
 			continue
 		}
 		msgs, dead := decodeBatch(rows)
-		if err := producer.SendMessages(msgs); err != nil {
+		err = send(ctx, producer, msgs)
+		if errors.Is(err, errAbandoned) {
+			// Shutting down with Kafka not answering: the position was not saved, so
+			// the next active relay sends this batch again. Closing the producer would
+			// wait for the stuck request, so it is left to the exiting process.
+			producer = nil
+			r.logger.Warn("shutdown: batch abandoned unacknowledged; it will be resent", "rows", len(rows))
+			return nil
+		}
+		if err != nil {
 			// Nothing moves: the whole batch is sent again, and Kafka keeps each
 			// partition's order. A fresh producer starts a fresh idempotence session.
 			r.metrics.publishErrors.Inc()
@@ -249,6 +258,32 @@ func (r *Relay) forward(ctx context.Context, conn *sql.Conn, pos position) error
 		}
 	}
 	return nil
+}
+
+// shutdownGrace is how long a batch in flight at shutdown may take to be acknowledged.
+const shutdownGrace = 3 * time.Second
+
+var errAbandoned = errors.New("batch abandoned at shutdown")
+
+// send sends a batch and waits for Kafka's acknowledgement; once ctx is done it waits at
+// most shutdownGrace more, so that SIGTERM during a Kafka outage still exits promptly.
+func send(ctx context.Context, producer sarama.SyncProducer, msgs []*sarama.ProducerMessage) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- producer.SendMessages(msgs) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	select {
+	case err := <-errc:
+		return err
+	case <-time.After(shutdownGrace):
+		return errAbandoned
+	}
 }
 
 func (r *Relay) newProducer() (sarama.SyncProducer, error) {

@@ -107,7 +107,7 @@ func answer(code int, body string) http.Handler {
 }
 
 func TestApprovedOrderIsPaidOnceAcrossRedeliveries(t *testing.T) {
-	f := newFixture(t, paymentsim.New(slog.New(slog.NewTextHandler(io.Discard, nil))))
+	f := newFixture(t, newSim(t))
 	o, msg := f.order(t)
 	for i := 0; i < 3; i++ { // the first delivery and two duplicates
 		if err := f.w.handle(msg.Copy()); err != nil {
@@ -128,7 +128,7 @@ func TestApprovedOrderIsPaidOnceAcrossRedeliveries(t *testing.T) {
 func TestDuplicateAfterCrashBeforeCommitChargesOnce(t *testing.T) {
 	// The provider charged, but the worker died before its commit: the redelivery calls
 	// the provider again with the same idempotency key and must get the same charge.
-	sim := paymentsim.New(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	sim := newSim(t)
 	f := newFixture(t, sim)
 	o, msg := f.order(t)
 	if _, err := f.w.payments.Charge(context.Background(), "order-1", o.ID, o.Amount.Minor, o.Amount.Currency); err != nil {
@@ -232,4 +232,14 @@ func mustTime(s string) (tm time.Time) {
 		panic(err)
 	}
 	return tm
+}
+
+// newSim returns an in-memory payment simulator with no random behaviours.
+func newSim(t *testing.T) *paymentsim.Server {
+	t.Helper()
+	sim, err := paymentsim.New(paymentsim.Config{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sim
 }
