@@ -9,7 +9,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -18,8 +17,8 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
 	"github.com/go-chi/httprate"
-	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/orderpipe/orderpipe/internal/postgres"
 	"github.com/orderpipe/orderpipe/orders"
 )
 
@@ -65,7 +64,8 @@ func New(store *orders.Store, db *sql.DB, logger *slog.Logger, cfg Config) http.
 
 func (s *Server) routes() http.Handler {
 	r := chi.NewRouter()
-	r.Use(middleware.RequestID, s.accessLog, s.metrics.instrument, s.recoverer)
+	// GetHead routes HEAD to the GET handlers (RFC 9110 requires HEAD wherever GET is).
+	r.Use(middleware.RequestID, s.accessLog, s.metrics.instrument, s.recoverer, middleware.GetHead)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, problem{Type: typeNotFound, Title: "Not found", Status: http.StatusNotFound,
 			Detail: "no such resource"})
@@ -73,8 +73,9 @@ func (s *Server) routes() http.Handler {
 	r.MethodNotAllowed(func(w http.ResponseWriter, req *http.Request) {
 		// chi does not pass the allowed methods to a custom handler: ask the router.
 		var allowed []string
-		for _, m := range []string{http.MethodGet, http.MethodPost} {
-			if r.Match(chi.NewRouteContext(), m, req.URL.Path) {
+		for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost} {
+			if r.Match(chi.NewRouteContext(), m, req.URL.Path) ||
+				(m == http.MethodHead && r.Match(chi.NewRouteContext(), http.MethodGet, req.URL.Path)) {
 				allowed = append(allowed, m)
 			}
 		}
@@ -129,8 +130,10 @@ func writeJSON(w http.ResponseWriter, status int, body []byte) {
 }
 
 func (s *Server) getOrder(w http.ResponseWriter, r *http.Request) {
-	id, err := strconv.ParseInt(chi.URLParam(r, "id"), 10, 64)
-	if err != nil || id <= 0 {
+	raw := chi.URLParam(r, "id")
+	id, err := strconv.ParseInt(raw, 10, 64)
+	// One URL per order: no sign, no leading zeros.
+	if err != nil || id <= 0 || raw != strconv.FormatInt(id, 10) {
 		badRequest(w, "order id must be a positive integer")
 		return
 	}
@@ -198,7 +201,7 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.Is(err, orders.ErrKeyReused):
 		writeProblem(w, problem{Type: typeKeyReused, Title: "Idempotency key reused", Status: http.StatusUnprocessableEntity,
 			Detail: "this Idempotency-Key was already used with a different request body"})
-	case unavailable(err):
+	case postgres.IsUnavailable(err):
 		s.logger.WarnContext(r.Context(), "database unavailable", "err", err, "request_id", middleware.GetReqID(r.Context()))
 		w.Header().Set("Retry-After", "5")
 		writeProblem(w, problem{Type: typeUnavailable, Title: "Service unavailable", Status: http.StatusServiceUnavailable,
@@ -208,23 +211,4 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		writeProblem(w, problem{Type: typeInternal, Title: "Internal error", Status: http.StatusInternalServerError,
 			Detail: "internal error"})
 	}
-}
-
-// unavailable reports errors that mean the database cannot be reached right now, as
-// opposed to a bug: timeouts, refused or broken connections, a server shutting down.
-func unavailable(err error) bool {
-	var (
-		netErr  net.Error
-		connErr *pgconn.ConnectError
-		pgErr   *pgconn.PgError
-	)
-	switch {
-	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &netErr), errors.As(err, &connErr),
-		errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, sql.ErrConnDone):
-		return true
-	case errors.As(err, &pgErr):
-		// Class 57: operator intervention (admin shutdown, cannot connect now); 08: connection exception.
-		return len(pgErr.Code) == 5 && (pgErr.Code[:2] == "57" || pgErr.Code[:2] == "08")
-	}
-	return false
 }

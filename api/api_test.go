@@ -567,10 +567,10 @@ func TestRouting(t *testing.T) {
 		typ    string
 		allow  string
 	}{
-		{"DELETE an order", http.MethodDelete, "/orders/1", 405, "/problems/method-not-allowed", "GET"},
-		{"PUT an order", http.MethodPut, "/orders/1", 405, "/problems/method-not-allowed", "GET"},
-		{"DELETE the collection", http.MethodDelete, "/orders", 405, "/problems/method-not-allowed", "GET, POST"},
-		{"POST to healthz", http.MethodPost, "/healthz", 405, "/problems/method-not-allowed", "GET"},
+		{"DELETE an order", http.MethodDelete, "/orders/1", 405, "/problems/method-not-allowed", "GET, HEAD"},
+		{"PUT an order", http.MethodPut, "/orders/1", 405, "/problems/method-not-allowed", "GET, HEAD"},
+		{"DELETE the collection", http.MethodDelete, "/orders", 405, "/problems/method-not-allowed", "GET, HEAD, POST"},
+		{"POST to healthz", http.MethodPost, "/healthz", 405, "/problems/method-not-allowed", "GET, HEAD"},
 		{"unknown path", http.MethodGet, "/nope", 404, "/problems/not-found", ""},
 		{"below an order", http.MethodGet, "/orders/1/items", 404, "/problems/not-found", ""},
 		{"root", http.MethodGet, "/", 404, "/problems/not-found", ""},

@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"maps"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -28,11 +30,13 @@ func (s *Server) listOrders(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	f := orders.ListFilter{Limit: defaultPageSize}
 	var errs []fieldError
-	for name := range q {
+	for _, name := range slices.Sorted(maps.Keys(q)) {
 		switch name {
 		case "customerId", "status", "limit", "cursor":
 			if len(q[name]) > 1 {
 				errs = append(errs, fieldError{"/" + name, "must be given at most once"})
+			} else if q.Get(name) == "" {
+				errs = append(errs, fieldError{"/" + name, "must not be empty; leave it out instead"})
 			}
 		default:
 			errs = append(errs, fieldError{"/" + name, "is not a known query parameter"})

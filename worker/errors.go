@@ -1,10 +1,21 @@
 package worker
 
-import "errors"
+import (
+	"errors"
 
-// permanentError marks a failure that no retry can fix: an undecodable or unknown event,
-// an order that does not exist, a request the payment provider will never accept. Such
-// messages skip the retries and go straight to the poison queue.
+	"github.com/orderpipe/orderpipe/internal/postgres"
+)
+
+// A failure is one of three kinds, and the kind decides what happens to the message:
+//
+//   - permanent: no retry can help (an undecodable or unknown event, an order that does
+//     not exist, a request the payment provider rejects). Poisoned at once, no retries.
+//   - transient, the default: the provider answered 5xx, or something else failed that
+//     may pass. Retried with backoff; poisoned with its reason when retries run out.
+//   - unavailable: a dependency cannot be reached (Postgres down, the provider not
+//     answering). The message is not at fault, so it is never poisoned: after the
+//     retries it is nacked and redelivered, holding its partition until the dependency
+//     is back. An outage therefore delays orders but poisons none.
 type permanentError struct{ err error }
 
 func (e *permanentError) Error() string { return e.err.Error() }
@@ -17,3 +28,20 @@ func isPermanent(err error) bool {
 	var p *permanentError
 	return errors.As(err, &p)
 }
+
+type unavailableError struct{ err error }
+
+func (e *unavailableError) Error() string { return e.err.Error() }
+func (e *unavailableError) Unwrap() error { return e.err }
+
+func unavailable(err error) error { return &unavailableError{err} }
+
+// isUnavailable reports whether err means a dependency is down.
+func isUnavailable(err error) bool {
+	var u *unavailableError
+	return errors.As(err, &u) || (!isPermanent(err) && postgres.IsUnavailable(err))
+}
+
+// shouldPoison decides, once retries are over, whether the message goes to the poison
+// queue (true) or is nacked for redelivery (false).
+func shouldPoison(err error) bool { return !isUnavailable(err) }

@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -34,6 +35,10 @@ func TestMiddlewareChain(t *testing.T) {
 			return nil
 		}, 3, false, ""},
 		{"panic is recovered, retried and poisoned", func(int32) error { panic("bug") }, 4, true, "bug"},
+		// wantCalls 0: more than one delivery's worth of attempts (4), i.e. redelivered.
+		{"unavailable dependency is retried, then nacked and redelivered, never poisoned", func(int32) error {
+			return unavailable(errors.New("connection refused"))
+		}, 0, false, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -43,7 +48,11 @@ func TestMiddlewareChain(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			poison, err := middleware.PoisonQueue(pubsub, "poison")
+			m, err := newMetrics(nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			poison, err := middleware.PoisonQueueWithFilter(countingPublisher{pubsub, m}, "poison", shouldPoison)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -52,7 +61,7 @@ func TestMiddlewareChain(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			router.AddMiddleware(middlewares(cfg, poison, watermill.NopLogger{})...)
+			router.AddMiddleware(middlewares(cfg, poison, m, watermill.NopLogger{})...)
 			var calls atomic.Int32
 			router.AddConsumerHandler("h", "in", pubsub, func(msg *message.Message) error {
 				return tt.handler(calls.Add(1))
@@ -79,12 +88,21 @@ func TestMiddlewareChain(t *testing.T) {
 				if p.UUID != msg.UUID || string(p.Payload) != "{}" || p.Metadata.Get("ce_subject") != "7" {
 					t.Errorf("poisoned message lost its id, payload or metadata: %s %s %v", p.UUID, p.Payload, p.Metadata)
 				}
+				if got := p.Metadata.Get(MetaAttempts); got != strconv.Itoa(int(tt.wantCalls)) {
+					t.Errorf("poisoned %s = %q, want %d", MetaAttempts, got, tt.wantCalls)
+				}
+				if _, err := time.Parse(time.RFC3339Nano, p.Metadata.Get(MetaFirstFailedAt)); err != nil {
+					t.Errorf("poisoned %s = %q, want a time", MetaFirstFailedAt, p.Metadata.Get(MetaFirstFailedAt))
+				}
 			case <-time.After(time.Second):
 				if tt.wantPoison {
 					t.Fatal("message not poisoned within 1s")
 				}
 			}
-			if got := calls.Load(); got != tt.wantCalls {
+			switch got := calls.Load(); {
+			case tt.wantCalls == 0 && got <= 4:
+				t.Errorf("handler called %d times, want more than 4: the nacked message was not redelivered", got)
+			case tt.wantCalls > 0 && got != tt.wantCalls:
 				t.Errorf("handler called %d times, want %d", got, tt.wantCalls)
 			}
 		})

@@ -47,7 +47,9 @@ func (c *PaymentClient) Charge(ctx context.Context, idempotencyKey string, order
 	req.Header.Set("Idempotency-Key", idempotencyKey)
 	resp, err := c.HTTP.Do(req)
 	if err != nil {
-		return Charge{}, fmt.Errorf("payment call: %w", err)
+		// No answer (refused, reset, timed out): the provider is unreachable, not
+		// refusing this order. Retrying with the same key is safe.
+		return Charge{}, unavailable(fmt.Errorf("payment call: %w", err))
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))

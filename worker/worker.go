@@ -14,8 +14,10 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
+	wmetrics "github.com/ThreeDotsLabs/watermill/components/metrics"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/orderpipe/orderpipe/events"
 	"github.com/orderpipe/orderpipe/kafkaconf"
@@ -45,6 +47,9 @@ type Config struct {
 	HandlerTimeout time.Duration
 	// Cache, when set, has each changed order's entry invalidated after commit.
 	Cache *orders.Cache
+	// Registerer receives the worker's and Watermill's router metrics; nil registers
+	// nothing.
+	Registerer prometheus.Registerer
 }
 
 func (c *Config) setDefaults() {
@@ -81,6 +86,7 @@ const handlerName = "payment"
 
 // Worker processes order events.
 type Worker struct {
+	metrics  *metrics
 	router   *message.Router
 	store    *orders.Store
 	cache    *orders.Cache
@@ -95,7 +101,12 @@ func New(store *orders.Store, cfg Config, logger *slog.Logger) (*Worker, error) 
 		return nil, err
 	}
 	wlog := watermill.NewSlogLogger(logger)
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
 	w := &Worker{
+		metrics:  m,
 		store:    store,
 		cache:    cfg.Cache,
 		payments: &PaymentClient{BaseURL: cfg.PaymentURL, HTTP: &http.Client{Timeout: cfg.PaymentTimeout}},
@@ -107,6 +118,8 @@ func New(store *orders.Store, cfg Config, logger *slog.Logger) (*Worker, error) 
 		Unmarshaler:           kafka.DefaultMarshaler{},
 		OverwriteSaramaConfig: kafkaconf.Consumer("orderpipe-worker"),
 		ConsumerGroup:         cfg.ConsumerGroup,
+		// A nacked message (a dependency is down) is redelivered after this pause.
+		NackResendSleep: time.Second,
 	}, wlog)
 	if err != nil {
 		return nil, fmt.Errorf("kafka subscriber: %w", err)
@@ -115,7 +128,8 @@ func New(store *orders.Store, cfg Config, logger *slog.Logger) (*Worker, error) 
 	if err != nil {
 		return nil, err
 	}
-	poison, err := middleware.PoisonQueue(poisonPub, cfg.TopicPrefix+events.TopicOrdersPoison)
+	poison, err := middleware.PoisonQueueWithFilter(countingPublisher{poisonPub, m},
+		cfg.TopicPrefix+events.TopicOrdersPoison, shouldPoison)
 	if err != nil {
 		return nil, err
 	}
@@ -124,33 +138,13 @@ func New(store *orders.Store, cfg Config, logger *slog.Logger) (*Worker, error) 
 	if err != nil {
 		return nil, err
 	}
-	router.AddMiddleware(middlewares(cfg, poison, wlog)...)
+	router.AddMiddleware(middlewares(cfg, poison, m, wlog)...)
+	if cfg.Registerer != nil {
+		wmetrics.NewPrometheusMetricsBuilder(cfg.Registerer, "", "").AddPrometheusRouterMetrics(router)
+	}
 	router.AddConsumerHandler(handlerName, cfg.TopicPrefix+events.TopicOrders, sub, w.handle)
 	w.router = router
 	return w, nil
-}
-
-// middlewares is the handler chain; the first runs outermost. Poison sees every error
-// that survives the retries; Retry skips permanent errors, so those are poisoned at once;
-// Timeout bounds each attempt; Recoverer is innermost, so a panic becomes an error that
-// Retry and Poison see.
-func middlewares(cfg Config, poison message.HandlerMiddleware, logger watermill.LoggerAdapter) []message.HandlerMiddleware {
-	return []message.HandlerMiddleware{
-		middleware.CorrelationID,
-		poison,
-		middleware.Retry{
-			MaxRetries:          cfg.MaxRetries,
-			InitialInterval:     cfg.RetryInterval,
-			MaxInterval:         cfg.RetryMaxInterval,
-			Multiplier:          2,
-			RandomizationFactor: 0.5,
-			ShouldRetry:         func(p middleware.RetryParams) bool { return !isPermanent(p.Err) },
-			ResetContextOnRetry: true,
-			Logger:              logger,
-		}.Middleware,
-		middleware.Timeout(cfg.HandlerTimeout),
-		middleware.Recoverer,
-	}
 }
 
 // Run processes messages until ctx is done.
@@ -218,6 +212,11 @@ func (w *Worker) pay(ctx context.Context, msgID string, e events.OrderCreated) e
 	}
 	if changed.ID != 0 {
 		w.invalidate(ctx, changed)
+		if charge.Approved {
+			w.metrics.payments.WithLabelValues("approved").Inc()
+		} else {
+			w.metrics.payments.WithLabelValues("declined").Inc()
+		}
 	}
 	w.logger.InfoContext(ctx, "order paid", "order_id", o.ID, "approved", charge.Approved,
 		"payment_id", charge.ID, "message_id", msgID)

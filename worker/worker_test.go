@@ -16,6 +16,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/orderpipe/orderpipe/events"
+	"github.com/orderpipe/orderpipe/internal/postgres"
 	"github.com/orderpipe/orderpipe/internal/testenv"
 	"github.com/orderpipe/orderpipe/money"
 	"github.com/orderpipe/orderpipe/orders"
@@ -40,7 +41,12 @@ func newFixture(t *testing.T, provider http.Handler) *fixture {
 		provider.ServeHTTP(w, r)
 	}))
 	t.Cleanup(srv.Close)
+	m, err := newMetrics(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	f.w = &Worker{
+		metrics:  m,
 		store:    f.store,
 		payments: &PaymentClient{BaseURL: srv.URL, HTTP: srv.Client()},
 		logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
@@ -203,6 +209,9 @@ func TestFailures(t *testing.T) {
 			if got := isPermanent(err); got != tt.wantPermanent {
 				t.Errorf("isPermanent(%v) = %v, want %v", err, got, tt.wantPermanent)
 			}
+			if !shouldPoison(err) {
+				t.Errorf("shouldPoison(%v) = false, want true: the message, not a dependency, is at fault", err)
+			}
 			var n int
 			f.db.QueryRow(`SELECT count(*) FROM orders WHERE status <> 'PENDING'`).Scan(&n)
 			if n != 0 || len(f.outcomeTypes(t)) != 0 {
@@ -217,6 +226,33 @@ var testTime = mustTime("2026-01-02T03:04:05Z")
 func orderMsg(f *fixture, t *testing.T) *message.Message {
 	_, msg := f.order(t)
 	return msg
+}
+
+// TestUnavailableIsNeverPoisoned: failures to reach a dependency must not poison.
+func TestUnavailableIsNeverPoisoned(t *testing.T) {
+	t.Run("provider unreachable", func(t *testing.T) {
+		f := newFixture(t, answer(201, ""))
+		f.w.payments.BaseURL = "http://" + testenv.FreeAddr(t) // nothing listens
+		_, msg := f.order(t)
+		err := f.w.handle(msg)
+		if err == nil || shouldPoison(err) {
+			t.Errorf("handle = %v, shouldPoison = %v; want an error that is not poisoned", err, err != nil && shouldPoison(err))
+		}
+	})
+	t.Run("database down", func(t *testing.T) {
+		f := newFixture(t, answer(201, ""))
+		_, msg := f.order(t)
+		dead, err := postgres.New("postgres://u:p@"+testenv.FreeAddr(t)+"/x?sslmode=disable", 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer dead.Close()
+		f.w.store = orders.NewStore(dead, outbox.New("")) // nothing listens there
+		err = f.w.handle(msg)
+		if err == nil || shouldPoison(err) {
+			t.Errorf("handle = %v, shouldPoison = %v; want an error that is not poisoned", err, err != nil && shouldPoison(err))
+		}
+	})
 }
 
 func TestPermanentWrapping(t *testing.T) {

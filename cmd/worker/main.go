@@ -64,12 +64,14 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	}
 	defer cache.Close()
 	cfg.Cache = cache
+	reg := admin.NewRegistry(db)
+	cfg.Registerer = reg
 	w, err := worker.New(orders.NewStore(db, outbox.New(cfg.TopicPrefix)), cfg, logger)
 	if err != nil {
 		return err
 	}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return w.Run(ctx) })
-	g.Go(func() error { return admin.Serve(ctx, adminAddr, db, admin.NewRegistry(db), logger) })
+	g.Go(func() error { return admin.Serve(ctx, adminAddr, db, reg, logger) })
 	return g.Wait()
 }

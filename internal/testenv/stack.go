@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"os/exec"
@@ -129,4 +130,42 @@ func (s *Stack) DatabaseURL() string {
 	u := url.URL{Scheme: "postgres", User: url.UserPassword("orderuser", "secret"), Host: "127.0.0.1:" + s.pg,
 		Path: "/orderdb", RawQuery: "sslmode=disable"}
 	return u.String()
+}
+
+// Redis is a private redis-server process.
+type Redis struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// StartRedis runs a redis-server of the test's own on addr (host:port) and waits until
+// it answers; it is killed when the test ends.
+func StartRedis(t testing.TB, addr string) *Redis {
+	t.Helper()
+	host, p, _ := strings.Cut(addr, ":")
+	cmd := exec.Command("redis-server", "--bind", host, "--port", p, "--save", "", "--appendonly", "no")
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start redis-server (make up installs it): %v", err)
+	}
+	r := &Redis{cmd: cmd, done: make(chan struct{})}
+	go func() { cmd.Wait(); close(r.done) }()
+	t.Cleanup(r.Kill)
+	Eventually(t, 10*time.Second, func() (bool, string) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return false, "redis not listening: " + err.Error()
+		}
+		defer c.Close()
+		c.Write([]byte("PING\r\n"))
+		buf := make([]byte, 7)
+		n, _ := c.Read(buf)
+		return string(buf[:n]) == "+PONG\r\n", "redis did not answer PONG"
+	})
+	return r
+}
+
+// Kill stops the server with SIGKILL and waits for it.
+func (r *Redis) Kill() {
+	r.cmd.Process.Kill()
+	<-r.done
 }

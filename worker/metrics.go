@@ -1,0 +1,41 @@
+package worker
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	messages *prometheus.CounterVec
+	retries  *prometheus.CounterVec
+	poisoned *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+	payments *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "worker_messages_total",
+			Help: "Messages by event type and result: handled (including poisoned) or nacked (redelivered later).",
+		}, []string{"type", "result"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "worker_retries_total", Help: "Retried attempts by event type.",
+		}, []string{"type"}),
+		poisoned: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "worker_poisoned_total", Help: "Messages sent to the poison topic, by event type.",
+		}, []string{"type"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "worker_handler_seconds", Help: "Duration of one attempt at a message, by event type.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"type"}),
+		payments: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "worker_payments_total", Help: "Payment outcomes recorded: approved or declined.",
+		}, []string{"outcome"}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.messages, m.retries, m.poisoned, m.latency, m.payments} {
+			if err := reg.Register(c); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return m, nil
+}

@@ -1,0 +1,113 @@
+package worker
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+
+	"github.com/orderpipe/orderpipe/events"
+)
+
+// Metadata the worker adds to a message as it is tried; a poisoned message carries them
+// beside Watermill's reason_poisoned, topic_poisoned and handler_poisoned.
+const (
+	// MetaAttempts counts the attempts at the message in this delivery.
+	MetaAttempts = "attempts"
+	// MetaFirstFailedAt is when an attempt at the message first failed (RFC 3339).
+	MetaFirstFailedAt = "first_failed_at"
+)
+
+// middlewares is the handler chain; the first runs outermost.
+//
+//   - CorrelationID carries the correlation id to anything the handler publishes.
+//   - outcome counts what leaves the chain: success, or a nack (redelivery).
+//   - poison sends failures that are not "unavailable" to the poison topic, after the
+//     retries; permanent ones reach it at once because Retry skips them.
+//   - Retry retries transient and unavailable failures with exponential backoff and
+//     jitter.
+//   - attempts records each attempt in the metadata (the poison queue keeps it) and
+//     observes per-type latency and retries.
+//   - Timeout bounds each attempt.
+//   - Recoverer is innermost, so a panic becomes an error that Retry and poison see.
+func middlewares(cfg Config, poison message.HandlerMiddleware, m *metrics, logger watermill.LoggerAdapter) []message.HandlerMiddleware {
+	return []message.HandlerMiddleware{
+		middleware.CorrelationID,
+		m.outcome,
+		poison,
+		middleware.Retry{
+			MaxRetries:          cfg.MaxRetries,
+			InitialInterval:     cfg.RetryInterval,
+			MaxInterval:         cfg.RetryMaxInterval,
+			Multiplier:          2,
+			RandomizationFactor: 0.5,
+			ShouldRetry:         func(p middleware.RetryParams) bool { return !isPermanent(p.Err) },
+			ResetContextOnRetry: true,
+			Logger:              logger,
+		}.Middleware,
+		m.attempts,
+		middleware.Timeout(cfg.HandlerTimeout),
+		middleware.Recoverer,
+	}
+}
+
+// attempts numbers each attempt, remembers the first failure, and observes latency.
+func (m *metrics) attempts(h message.HandlerFunc) message.HandlerFunc {
+	return func(msg *message.Message) ([]*message.Message, error) {
+		n, _ := strconv.Atoi(msg.Metadata.Get(MetaAttempts))
+		msg.Metadata.Set(MetaAttempts, strconv.Itoa(n+1))
+		typ := eventType(msg)
+		if n > 0 {
+			m.retries.WithLabelValues(typ).Inc()
+		}
+		start := time.Now()
+		out, err := h(msg)
+		m.latency.WithLabelValues(typ).Observe(time.Since(start).Seconds())
+		if err != nil && msg.Metadata.Get(MetaFirstFailedAt) == "" {
+			msg.Metadata.Set(MetaFirstFailedAt, time.Now().UTC().Format(time.RFC3339Nano))
+		}
+		return out, err
+	}
+}
+
+// outcome counts the messages that leave the chain handled (including those set aside
+// in the poison queue) or nacked for redelivery.
+func (m *metrics) outcome(h message.HandlerFunc) message.HandlerFunc {
+	return func(msg *message.Message) ([]*message.Message, error) {
+		out, err := h(msg)
+		result := "handled"
+		if err != nil {
+			result = "nacked"
+		}
+		m.messages.WithLabelValues(eventType(msg), result).Inc()
+		return out, err
+	}
+}
+
+// eventType is the message's event type for metric labels, bounded to the known ones.
+func eventType(msg *message.Message) string {
+	switch t := msg.Metadata.Get(events.MetaType); t {
+	case events.TypeOrderCreated, events.TypePaymentSucceeded, events.TypePaymentFailed:
+		return t
+	default:
+		return "unknown"
+	}
+}
+
+// countingPublisher counts what is published through it (the poison queue).
+type countingPublisher struct {
+	message.Publisher
+	m *metrics
+}
+
+func (p countingPublisher) Publish(topic string, msgs ...*message.Message) error {
+	err := p.Publisher.Publish(topic, msgs...)
+	if err == nil {
+		for _, msg := range msgs {
+			p.m.poisoned.WithLabelValues(eventType(msg)).Inc()
+		}
+	}
+	return err
+}
