@@ -1,14 +1,18 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -47,10 +51,11 @@ func buildAndRun(m *testing.M) int {
 
 // daemon is one of our binaries running as a real process.
 type daemon struct {
-	name string
-	cmd  *exec.Cmd
-	log  *bytes.Buffer
-	done chan struct{}
+	name     string
+	adminURL string // base URL of its health/metrics endpoints
+	cmd      *exec.Cmd
+	log      *bytes.Buffer
+	done     chan struct{}
 }
 
 // startDaemon runs bin with env (added to a minimal environment) and waits until
@@ -59,6 +64,9 @@ type daemon struct {
 func startDaemon(t *testing.T, bin string, env []string, healthURL string) *daemon {
 	t.Helper()
 	d := &daemon{name: bin, log: &bytes.Buffer{}, done: make(chan struct{})}
+	if u, err := url.Parse(healthURL); err == nil {
+		d.adminURL = u.Scheme + "://" + u.Host
+	}
 	d.cmd = exec.Command(filepath.Join(binDir, bin))
 	d.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "LOG_LEVEL=debug"}, env...)
 	d.cmd.Stdout, d.cmd.Stderr = syncWriter{d.log}, syncWriter{d.log}
@@ -132,4 +140,25 @@ func (w syncWriter) Write(p []byte) (int, error) {
 	logMu.Lock()
 	defer logMu.Unlock()
 	return w.b.Write(p)
+}
+
+// metricSum scrapes a daemon's admin /metrics and sums the samples of one metric.
+func metricSum(t *testing.T, d *daemon, name string) float64 {
+	t.Helper()
+	resp, err := http.Get(d.adminURL + "/metrics")
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	var sum float64
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, name+" ") || strings.HasPrefix(line, name+"{") {
+			fields := strings.Fields(line)
+			v, _ := strconv.ParseFloat(fields[len(fields)-1], 64)
+			sum += v
+		}
+	}
+	return sum
 }

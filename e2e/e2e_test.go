@@ -3,6 +3,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -17,29 +18,111 @@ import (
 
 // pipeline is the whole system for one test: its own database, topics and ports.
 type pipeline struct {
+	t                               *testing.T
 	apiURL, paymentURL, topicPrefix string
+	dbURL, brokers, cachePrefix     string
+	workers                         []*daemon
 }
 
-func startPipeline(t *testing.T) pipeline {
-	t.Helper()
-	dbURL := testenv.DatabaseURL(t)
-	prefix := testenv.TopicPrefix(t)
-	brokers := strings.Join(testenv.Brokers(), ",")
-	apiAddr, payAddr := testenv.FreeAddr(t), testenv.FreeAddr(t)
-	relayAdmin, workerAdmin := testenv.FreeAddr(t), testenv.FreeAddr(t)
-	p := pipeline{apiURL: "http://" + apiAddr, paymentURL: "http://" + payAddr, topicPrefix: prefix}
+// options change how startPipeline runs the daemons.
+type options struct {
+	workers       int      // worker processes in the group; default 1
+	paymentsimEnv []string // extra environment for paymentsim
+	workerEnv     []string // extra environment for every worker
+}
 
-	startDaemon(t, "paymentsim", []string{"HTTP_ADDR=" + payAddr}, p.paymentURL+"/healthz")
-	startDaemon(t, "api", []string{"HTTP_ADDR=" + apiAddr, "DATABASE_URL=" + dbURL, "KAFKA_TOPIC_PREFIX=" + prefix,
-		"REDIS_URL=" + testenv.RedisURL(), "CACHE_KEY_PREFIX=" + prefix + "order:"},
+func startPipeline(t *testing.T, opts ...options) *pipeline {
+	t.Helper()
+	var o options
+	if len(opts) > 0 {
+		o = opts[0]
+	}
+	p := &pipeline{t: t, dbURL: testenv.DatabaseURL(t), topicPrefix: testenv.TopicPrefix(t),
+		brokers: strings.Join(testenv.Brokers(), ",")}
+	p.cachePrefix = p.topicPrefix + "order:"
+	apiAddr, payAddr, relayAdmin := testenv.FreeAddr(t), testenv.FreeAddr(t), testenv.FreeAddr(t)
+	p.apiURL, p.paymentURL = "http://"+apiAddr, "http://"+payAddr
+
+	startDaemon(t, "paymentsim", append([]string{"HTTP_ADDR=" + payAddr}, o.paymentsimEnv...), p.paymentURL+"/healthz")
+	startDaemon(t, "api", []string{"HTTP_ADDR=" + apiAddr, "DATABASE_URL=" + p.dbURL, "KAFKA_TOPIC_PREFIX=" + p.topicPrefix,
+		"REDIS_URL=" + testenv.RedisURL(), "CACHE_KEY_PREFIX=" + p.cachePrefix},
 		p.apiURL+"/healthz")
-	startDaemon(t, "relay", []string{"ADMIN_ADDR=" + relayAdmin, "DATABASE_URL=" + dbURL, "KAFKA_BROKERS=" + brokers},
+	startDaemon(t, "relay", []string{"ADMIN_ADDR=" + relayAdmin, "DATABASE_URL=" + p.dbURL, "KAFKA_BROKERS=" + p.brokers},
 		"http://"+relayAdmin+"/healthz")
-	startDaemon(t, "worker", []string{"ADMIN_ADDR=" + workerAdmin, "DATABASE_URL=" + dbURL, "KAFKA_BROKERS=" + brokers,
-		"KAFKA_TOPIC_PREFIX=" + prefix, "WORKER_GROUP=worker-" + testenv.ID(), "PAYMENT_URL=" + p.paymentURL,
-		"REDIS_URL=" + testenv.RedisURL(), "CACHE_KEY_PREFIX=" + prefix + "order:"},
-		"http://"+workerAdmin+"/healthz")
+	group := "worker-" + testenv.ID()
+	for i := 0; i < max(o.workers, 1); i++ {
+		p.workers = append(p.workers, p.startWorker(group, o.workerEnv...))
+	}
 	return p
+}
+
+// startWorker starts one more worker process in group.
+func (p *pipeline) startWorker(group string, env ...string) *daemon {
+	p.t.Helper()
+	admin := testenv.FreeAddr(p.t)
+	return startDaemon(p.t, "worker", append([]string{"ADMIN_ADDR=" + admin, "DATABASE_URL=" + p.dbURL,
+		"KAFKA_BROKERS=" + p.brokers, "KAFKA_TOPIC_PREFIX=" + p.topicPrefix, "WORKER_GROUP=" + group,
+		"PAYMENT_URL=" + p.paymentURL, "REDIS_URL=" + testenv.RedisURL(), "CACHE_KEY_PREFIX=" + p.cachePrefix},
+		env...), "http://"+admin+"/healthz")
+}
+
+// create posts an order and returns its id.
+func (p *pipeline) create(t *testing.T, amount, currency string) int64 {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, p.apiURL+"/orders",
+		strings.NewReader(`{"customerId":"E2E","amount":`+amount+`,"currency":"`+currency+`"}`))
+	req.Header.Set("Content-Type", "application/json")
+	resp, body := do(t, req)
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("POST /orders = %d %s", resp.StatusCode, body)
+	}
+	var o order
+	if err := json.Unmarshal(body, &o); err != nil {
+		t.Fatal(err)
+	}
+	return o.ID
+}
+
+// status reads an order's status through the API.
+func (p *pipeline) status(t *testing.T, id int64) string {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("%s/orders/%d", p.apiURL, id), nil)
+	resp, body := do(t, req)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /orders/%d = %d %s", id, resp.StatusCode, body)
+	}
+	var o order
+	json.Unmarshal(body, &o)
+	return o.Status
+}
+
+// waitStatus waits until the order has the status.
+func (p *pipeline) waitStatus(t *testing.T, id int64, want string, timeout time.Duration) {
+	t.Helper()
+	testenv.Eventually(t, timeout, func() (bool, string) {
+		got := p.status(t, id)
+		return got == want, fmt.Sprintf("order %d is %s, want %s", id, got, want)
+	})
+}
+
+// charge is a paymentsim ledger entry.
+type charge struct {
+	ID, Status, Reason, IdempotencyKey string
+}
+
+// ledger returns paymentsim's ledger entries for an order.
+func (p *pipeline) ledger(t *testing.T, id int64) []charge {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("%s/payments?orderId=%d", p.paymentURL, id), nil)
+	resp, body := do(t, req)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("ledger = %d %s", resp.StatusCode, body)
+	}
+	var out []charge
+	if err := json.Unmarshal(body, &out); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 type order struct {

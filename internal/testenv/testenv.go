@@ -257,9 +257,16 @@ func ConsumeFrom(t testing.TB, brokers []string, topic string, timeout time.Dura
 	done := make(chan struct{})
 	defer close(done)
 	for _, p := range partitions {
-		pc, err := consumer.ConsumePartition(topic, p, sarama.OffsetOldest)
-		if err != nil {
-			t.Fatalf("consume %s/%d: %v", topic, p, err)
+		var pc sarama.PartitionConsumer
+		for {
+			// A topic just created may not have its leaders elected yet.
+			if pc, err = consumer.ConsumePartition(topic, p, sarama.OffsetOldest); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("consume %s/%d: %v", topic, p, err)
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
 		defer pc.Close()
 		go func() {
