@@ -4,7 +4,7 @@ GO    ?= go
 # Integration and end-to-end tests use the real stack; -race always.
 TEST_FLAGS ?= -race -count=1 -timeout 20m
 
-.PHONY: all build up down status run test test-short lint clean
+.PHONY: all build up down status run test test-short bench lint clean
 
 all: build
 
@@ -29,6 +29,9 @@ test: up ## everything CI runs
 
 test-short: ## unit tests only, no services
 	$(GO) test -short -race -count=1 ./...
+
+bench: up ## benchmarks: print figures and merge them into bench/results/latest.json
+	$(GO) run ./bench/relaybench
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
