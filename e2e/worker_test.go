@@ -161,13 +161,18 @@ func TestBadEventsArePoisonedWithoutBlocking(t *testing.T) {
 		}
 		return len(ms) >= 3
 	})
-	want := []string{"malformed event", "unknown event type", "order not found"}
+	// The poisoned messages keep their keys, so they may sit on different partitions of
+	// the poison topic: match reasons regardless of order.
 	if len(reasons) != 3 {
 		t.Fatalf("poison reasons = %q, want 3", reasons)
 	}
-	for i, w := range want {
-		if !strings.Contains(reasons[i], w) {
-			t.Errorf("poison reason %d = %q, want it to mention %q", i, reasons[i], w)
+	for _, want := range []string{"malformed event", "unknown event type", "order not found"} {
+		found := false
+		for _, r := range reasons {
+			found = found || strings.Contains(r, want)
+		}
+		if !found {
+			t.Errorf("no poison reason mentions %q: %q", want, reasons)
 		}
 	}
 }

@@ -1,0 +1,330 @@
+// Command apibench measures POST /orders against the database's own limit (make bench):
+//
+//  1. pgbench runs the API's create transaction (idempotency claim, order insert,
+//     outbox insert, stored response) as a custom script → pgbench_create_tps.
+//  2. The api binary, on the same fresh database, takes POST /orders with unique
+//     Idempotency-Keys from a closed loop of the same concurrency → api_create_rps;
+//     api_ratio = api_create_rps / pgbench_create_tps.
+//  3. An open loop at 70 % of api_create_rps → api_p99_ms (latency from each request's
+//     scheduled start, so a stall is not hidden by the loop slowing down).
+//
+// With -pool it first runs step 2 for several DB_MAX_CONNS values, which is how the
+// api's default pool size was chosen.
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/orderpipe/orderpipe/bench"
+	"github.com/orderpipe/orderpipe/internal/postgres"
+	"github.com/orderpipe/orderpipe/schema"
+)
+
+var (
+	adminURL    = flag.String("db", envOr("DATABASE_URL", "postgres://orderuser:secret@127.0.0.1:5432/orderdb?sslmode=disable"), "database to create the bench database from")
+	results     = flag.String("results", "bench/results", "where latest.json goes")
+	concurrency = flag.Int("c", 16, "concurrent clients (pgbench -c and HTTP)")
+	duration    = flag.Duration("duration", 20*time.Second, "length of each phase")
+	pool        = flag.String("pool", "", "comma-separated DB_MAX_CONNS values to compare first (e.g. 4,8,16,32)")
+)
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "apibench:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	flag.Parse()
+	ctx := context.Background()
+	dir, err := os.MkdirTemp("", "apibench")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	apiBin := filepath.Join(dir, "api")
+	if out, err := exec.Command("go", "build", "-o", apiBin, "./cmd/api").CombinedOutput(); err != nil {
+		return fmt.Errorf("build api: %v\n%s", err, out)
+	}
+
+	dbURL, drop, err := freshDB(ctx)
+	if err != nil {
+		return err
+	}
+	defer drop()
+
+	tps, err := pgbench(dbURL, dir)
+	if err != nil {
+		return fmt.Errorf("pgbench: %w", err)
+	}
+	fmt.Printf("pgbench create transaction: %.0f TPS (-c %d)\n", tps, *concurrency)
+
+	if *pool != "" {
+		for _, v := range strings.Split(*pool, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(v))
+			if err != nil {
+				return fmt.Errorf("-pool: %w", err)
+			}
+			r, err := withAPI(apiBin, dbURL, n, func(base string) (result, error) { return closedLoop(base, *duration/2) })
+			if err != nil {
+				return err
+			}
+			fmt.Printf("DB_MAX_CONNS=%-3d %6.0f orders/s  p50 %6.2f ms  p99 %6.2f ms\n", n, r.rate, bench.Ms(r.p50), bench.Ms(r.p99))
+		}
+	}
+
+	var max, at70 result
+	_, err = withAPI(apiBin, dbURL, 0, func(base string) (result, error) {
+		if max, err = closedLoop(base, *duration); err != nil {
+			return result{}, err
+		}
+		at70, err = openLoop(base, 0.7*max.rate, *duration)
+		return at70, err
+	})
+	if err != nil {
+		return err
+	}
+	ratio := max.rate / tps
+	fmt.Printf("api POST /orders: %.0f orders/s (closed loop, %d clients), p50 %.2f ms, p99 %.2f ms, errors %d\n",
+		max.rate, *concurrency, bench.Ms(max.p50), bench.Ms(max.p99), max.errors)
+	fmt.Printf("api at 70%% (%.0f/s open loop): p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms, errors %d\n",
+		at70.rate, bench.Ms(at70.p50), bench.Ms(at70.p99), bench.Ms(at70.p999), at70.errors)
+	fmt.Printf("api_ratio = %.2f (goal >= 0.85); api_p99_ms = %.2f (goal < 50)\n", ratio, bench.Ms(at70.p99))
+	return bench.Record(*results, map[string]any{
+		"pgbench_create_tps":  float64(int(tps)),
+		"api_create_rps":      float64(int(max.rate)),
+		"api_ratio":           float64(int(ratio*100)) / 100,
+		"api_p99_ms":          bench.Ms(at70.p99),
+		"api_p50_ms":          bench.Ms(at70.p50),
+		"api_max_load_p99_ms": bench.Ms(max.p99),
+		"api_concurrency":     *concurrency,
+	})
+}
+
+func freshDB(ctx context.Context) (string, func(), error) {
+	admin, err := postgres.Open(ctx, *adminURL, 1)
+	if err != nil {
+		return "", nil, err
+	}
+	name := fmt.Sprintf("bench_api_%d", time.Now().UnixNano())
+	if _, err := admin.ExecContext(ctx, "CREATE DATABASE "+name); err != nil {
+		admin.Close()
+		return "", nil, err
+	}
+	u, _ := url.Parse(*adminURL)
+	u.Path = "/" + name
+	drop := func() {
+		admin.ExecContext(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
+		admin.Close()
+	}
+	db, err := postgres.Open(ctx, u.String(), 1)
+	if err == nil {
+		_, err = schema.Migrate(ctx, db, nil)
+		db.Close()
+	}
+	if err != nil {
+		drop()
+		return "", nil, err
+	}
+	return u.String(), drop, nil
+}
+
+// createScript is the api's create transaction with a fresh Idempotency-Key, written
+// with the same statements and row sizes (the outbox payload is a real envelope).
+const createScript = `\set k random(1, 9000000000000000000)
+BEGIN;
+INSERT INTO idempotency_keys (key, request_hash, expires_at) VALUES ('k-' || :client_id || '-' || :k, '\x0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef', now() + make_interval(secs => 86400)) ON CONFLICT (key) DO NOTHING;
+INSERT INTO orders (customer_id, amount_minor, currency) VALUES ('CUST001', 20000, 'USD') RETURNING id, customer_id, amount_minor, currency, status, version, created_at, updated_at;
+INSERT INTO watermill_outbox (uuid, payload, metadata, transaction_id) VALUES (gen_random_uuid()::text, '{"destination_topic":"orders","uuid":"7bd446c6-1097-4a74-b200-5eaa2faa943f","payload":"eyJvcmRlcklkIjoxLCJjdXN0b21lcklkIjoiQ1VTVDAwMSIsImFtb3VudE1pbm9yIjoyMDAwMCwiY3VycmVuY3kiOiJVU0QiLCJjcmVhdGVkQXQiOiIyMDI2LTExLTI1VDAxOjAzOjMzLjY2MDgzNVoifQ==","metadata":{"ce_id":"7bd446c6-1097-4a74-b200-5eaa2faa943f","ce_source":"/orderpipe/orders","ce_specversion":"1.0","ce_subject":"1","ce_time":"2026-11-25T01:03:33.660835Z","ce_type":"orders.order.created.v1","content-type":"application/json"}}', NULL, pg_current_xact_id());
+UPDATE idempotency_keys SET status_code = 201, response_body = '\x7b226964223a312c22637573746f6d65724964223a2243555354303031222c22616d6f756e74223a3230302c2263757272656e6379223a22555344222c22737461747573223a2250454e44494e47222c22637265617465644174223a22323032362d31312d32355430313a30333a33332e3636303833355a222c22757064617465644174223a22323032362d31312d32355430313a30333a33332e3636303833355a227d', order_id = currval(pg_get_serial_sequence('orders', 'id')) WHERE key = 'k-' || :client_id || '-' || :k;
+COMMIT;
+`
+
+var tpsLine = regexp.MustCompile(`tps = ([0-9.]+) \(without initial connection time\)`)
+
+func pgbench(dbURL, dir string) (float64, error) {
+	script := filepath.Join(dir, "create.sql")
+	if err := os.WriteFile(script, []byte(createScript), 0o644); err != nil {
+		return 0, err
+	}
+	bin := "pgbench"
+	if _, err := exec.LookPath(bin); err != nil {
+		bin = "/usr/lib/postgresql/15/bin/pgbench"
+	}
+	out, err := exec.Command(bin, "-n", "-M", "prepared", "-c", strconv.Itoa(*concurrency), "-j", "2",
+		"-T", strconv.Itoa(int(duration.Seconds())), "-f", script, dbURL).CombinedOutput()
+	if err != nil {
+		return 0, fmt.Errorf("%v\n%s", err, out)
+	}
+	m := tpsLine.FindSubmatch(out)
+	if m == nil {
+		return 0, fmt.Errorf("no tps in pgbench output:\n%s", out)
+	}
+	return strconv.ParseFloat(string(m[1]), 64)
+}
+
+// withAPI runs the api binary on dbURL (poolSize 0: its default) during fn.
+func withAPI(bin, dbURL string, poolSize int, fn func(base string) (result, error)) (result, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return result{}, err
+	}
+	addr := l.Addr().String()
+	l.Close()
+	cmd := exec.Command(bin)
+	cmd.Env = append(os.Environ(), "HTTP_ADDR="+addr, "DATABASE_URL="+dbURL, "RATE_LIMIT=0")
+	if poolSize > 0 {
+		cmd.Env = append(cmd.Env, "DB_MAX_CONNS="+strconv.Itoa(poolSize))
+	}
+	cmd.Stdout = io.Discard // the access log is written, as in production, and dropped here
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		return result{}, err
+	}
+	defer func() { cmd.Process.Signal(os.Interrupt); cmd.Wait() }()
+	base := "http://" + addr
+	for i := 0; ; i++ {
+		if resp, err := http.Get(base + "/healthz"); err == nil {
+			resp.Body.Close()
+			break
+		}
+		if i > 200 {
+			return result{}, fmt.Errorf("api did not start: %s", stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fn(base)
+}
+
+type result struct {
+	rate                float64
+	p50, p99, p999, max time.Duration
+	errors              int64
+}
+
+var keySeq atomic.Int64
+
+func client() *http.Client {
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		MaxIdleConns: 1024, MaxIdleConnsPerHost: 1024, IdleConnTimeout: time.Minute}}
+}
+
+func post(c *http.Client, base string) error {
+	req, _ := http.NewRequest(http.MethodPost, base+"/orders",
+		strings.NewReader(`{"customerId":"CUST001","amount":200,"currency":"USD"}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Idempotency-Key", fmt.Sprintf("bench-%d-%d", os.Getpid(), keySeq.Add(1)))
+	resp, err := c.Do(req)
+	if err != nil {
+		return err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		return fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return nil
+}
+
+func summarize(lats []time.Duration, errs int64, elapsed time.Duration) result {
+	return result{rate: float64(len(lats)) / elapsed.Seconds(), p50: bench.Percentile(lats, 50),
+		p99: bench.Percentile(lats, 99), p999: bench.Percentile(lats, 99.9), max: bench.Percentile(lats, 100), errors: errs}
+}
+
+// closedLoop runs -c clients back to back for d, after a 2 s warm-up.
+func closedLoop(base string, d time.Duration) (result, error) {
+	c := client()
+	warm := time.Now().Add(2 * time.Second)
+	for time.Now().Before(warm) {
+		post(c, base)
+	}
+	var (
+		mu   sync.Mutex
+		lats []time.Duration
+		errs atomic.Int64
+		wg   sync.WaitGroup
+	)
+	start := time.Now()
+	end := start.Add(d)
+	for i := 0; i < *concurrency; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var mine []time.Duration
+			for time.Now().Before(end) {
+				t0 := time.Now()
+				if err := post(c, base); err != nil {
+					errs.Add(1)
+					continue
+				}
+				mine = append(mine, time.Since(t0))
+			}
+			mu.Lock()
+			lats = append(lats, mine...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	r := summarize(lats, errs.Load(), time.Since(start))
+	if len(lats) == 0 {
+		return r, errors.New("no request succeeded")
+	}
+	return r, nil
+}
+
+// openLoop sends at rate per second for d regardless of answers; each latency counts
+// from the request's scheduled start.
+func openLoop(base string, rate float64, d time.Duration) (result, error) {
+	c := client()
+	interval := time.Duration(float64(time.Second) / rate)
+	var (
+		mu   sync.Mutex
+		lats []time.Duration
+		errs atomic.Int64
+		wg   sync.WaitGroup
+	)
+	start := time.Now()
+	for next := start; next.Before(start.Add(d)); next = next.Add(interval) {
+		time.Sleep(time.Until(next))
+		wg.Add(1)
+		go func(scheduled time.Time) {
+			defer wg.Done()
+			if err := post(c, base); err != nil {
+				errs.Add(1)
+				return
+			}
+			lat := time.Since(scheduled)
+			mu.Lock()
+			lats = append(lats, lat)
+			mu.Unlock()
+		}(next)
+	}
+	wg.Wait()
+	return summarize(lats, errs.Load(), d), nil
+}
