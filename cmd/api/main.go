@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	_ "net/http/pprof" // served only on DEBUG_ADDR
 	"os"
 	"os/signal"
 	"syscall"
@@ -37,6 +38,7 @@ type config struct {
 	RedisURL        string
 	CacheKeyPrefix  string
 	RateLimit       int
+	DebugAddr       string
 	DBMaxConns      int
 	TopicPrefix     string
 	IdempotencyTTL  time.Duration
@@ -51,6 +53,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		RedisURL:        env.String("REDIS_URL", "redis://localhost:6379/0"),
 		CacheKeyPrefix:  env.String("CACHE_KEY_PREFIX", "order:"),
 		RateLimit:       env.Int("RATE_LIMIT", 0, 0),
+		DebugAddr:       env.String("DEBUG_ADDR", ""),
 		DBMaxConns:      env.Int("DB_MAX_CONNS", 16, 1),
 		TopicPrefix:     env.String("KAFKA_TOPIC_PREFIX", ""),
 		IdempotencyTTL:  env.Duration("IDEMPOTENCY_TTL", 24*time.Hour),
@@ -95,6 +98,13 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe() }()
 	logger.Info("listening", "http_addr", cfg.HTTPAddr)
+	if cfg.DebugAddr != "" {
+		// pprof on its own listener, never on the public port; off unless asked for.
+		dbg := &http.Server{Addr: cfg.DebugAddr, Handler: http.DefaultServeMux, ReadHeaderTimeout: 5 * time.Second}
+		go dbg.ListenAndServe()
+		defer dbg.Close()
+		logger.Info("pprof listening", "debug_addr", cfg.DebugAddr)
+	}
 	janitorCtx, stopJanitor := context.WithCancel(ctx)
 	janitorDone := make(chan struct{})
 	go func() { defer close(janitorDone); expireKeys(janitorCtx, store, logger) }()
