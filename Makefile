@@ -32,6 +32,7 @@ test-short: ## unit tests only, no services
 
 bench: up ## benchmarks: print figures and merge them into bench/results/latest.json
 	$(GO) run ./bench/relaybench
+	$(GO) run ./bench/apibench
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
