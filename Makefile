@@ -4,7 +4,7 @@ GO    ?= go
 # Integration and end-to-end tests use the real stack; -race always.
 TEST_FLAGS ?= -race -count=1 -timeout 20m
 
-.PHONY: all build up down status run test test-short bench lint clean
+.PHONY: all build up down status run test test-short chaos bench lint clean
 
 all: build
 
@@ -26,6 +26,10 @@ run: up build ## the stack plus the four daemons in the foreground; Ctrl-C stops
 test: up ## everything CI runs
 	$(GO) vet ./...
 	$(GO) test $(TEST_FLAGS) ./...
+	$(GO) test -run='^$$' -fuzz=FuzzDecodeCreate -fuzztime=10s ./api
+
+chaos: up ## the fault tests with 30 s outages (make test runs them with 5 s)
+	FAULT_DURATION=30s $(GO) test $(TEST_FLAGS) -run 'Outage|Restart|Killed|Stops' ./relay ./e2e
 
 test-short: ## unit tests only, no services
 	$(GO) test -short -race -count=1 ./...
