@@ -65,7 +65,7 @@ func New(store *orders.Store, db *sql.DB, logger *slog.Logger, cfg Config) http.
 func (s *Server) routes() http.Handler {
 	r := chi.NewRouter()
 	// GetHead routes HEAD to the GET handlers (RFC 9110 requires HEAD wherever GET is).
-	r.Use(middleware.RequestID, s.accessLog, s.metrics.instrument, s.recoverer, middleware.GetHead)
+	r.Use(middleware.RequestID, s.correlate, s.accessLog, s.metrics.instrument, s.recoverer, middleware.GetHead)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, problem{Type: typeNotFound, Title: "Not found", Status: http.StatusNotFound,
 			Detail: "no such resource"})

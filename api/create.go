@@ -102,11 +102,9 @@ func idempotencyKey(w http.ResponseWriter, r *http.Request) (string, bool) {
 		badRequest(w, "Idempotency-Key must be 1 to 255 characters")
 		return "", false
 	}
-	for i := 0; i < len(key); i++ {
-		if key[i] < 0x21 || key[i] > 0x7e {
-			badRequest(w, "Idempotency-Key must be printable ASCII without spaces")
-			return "", false
-		}
+	if !printable(key, 255) {
+		badRequest(w, "Idempotency-Key must be printable ASCII without spaces")
+		return "", false
 	}
 	return key, true
 }

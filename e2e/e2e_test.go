@@ -157,6 +157,7 @@ func TestOrderFlowsEndToEnd(t *testing.T) {
 		strings.NewReader(`{"customerId": "CUST001", "amount": 200, "currency": "USD"}`))
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Idempotency-Key", "abc123")
+	req.Header.Set("X-Correlation-ID", "corr-e2e-1")
 	resp, body := do(t, req)
 	if resp.StatusCode != http.StatusCreated {
 		t.Fatalf("POST /orders = %d %s, want 201", resp.StatusCode, body)
@@ -168,6 +169,9 @@ func TestOrderFlowsEndToEnd(t *testing.T) {
 	want := order{ID: 1, CustomerID: "CUST001", Amount: "200", Currency: "USD", Status: "PENDING"}
 	if created != want {
 		t.Errorf("created = %+v, want %+v", created, want)
+	}
+	if got := resp.Header.Get("X-Correlation-ID"); got != "corr-e2e-1" {
+		t.Errorf("X-Correlation-ID = %q, want the request's", got)
 	}
 	if got := resp.Header.Get("Location"); got != "/orders/1" {
 		t.Errorf("Location = %q, want /orders/1", got)
@@ -203,6 +207,9 @@ func TestOrderFlowsEndToEnd(t *testing.T) {
 			t.Fatalf("%s holds %d messages, want 1 (%s)", tc.topic, len(msgs), tc.typ)
 		}
 		m := msgs[0]
+		if got := testenv.Header(m, events.MetaCorrelationID); got != "corr-e2e-1" {
+			t.Errorf("%s correlation_id header = %q, want the request's corr-e2e-1", tc.typ, got)
+		}
 		if string(m.Key) != "1" || testenv.Header(m, events.MetaType) != tc.typ || testenv.Header(m, events.MetaSubject) != "1" {
 			t.Errorf("%s message: key %q, ce_type %q, ce_subject %q; want key 1, %s, subject 1",
 				tc.topic, m.Key, testenv.Header(m, events.MetaType), testenv.Header(m, events.MetaSubject), tc.typ)

@@ -6,9 +6,17 @@
 //
 // Compatibility: adding an optional field is compatible; any other change is a new type
 // with the next version number. Consumers must ignore fields they do not know.
+//
+// The contract is also written down for consumers that do not use Go: schemas/<type>.json
+// is the JSON Schema (draft 2020-12) of each type's data, asyncapi.yaml (AsyncAPI 3.0)
+// describes the topics, keys, headers and payloads, and CATALOGUE.md explains them. Tests
+// check both documents against this package and pin the records on the wire in
+// testdata/*.golden (go test ./events -run Golden -update rewrites them after a deliberate
+// change).
 package events
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -43,7 +51,23 @@ const (
 	MetaTime        = "ce_time"
 	MetaSubject     = "ce_subject"
 	MetaContentType = "content-type"
+	// MetaCorrelationID ties together everything one request caused (Watermill's key).
+	MetaCorrelationID = "correlation_id"
 )
+
+type correlationKey struct{}
+
+// WithCorrelationID returns a context carrying the correlation id that events created
+// under it get.
+func WithCorrelationID(ctx context.Context, id string) context.Context {
+	return context.WithValue(ctx, correlationKey{}, id)
+}
+
+// CorrelationID returns the correlation id carried by ctx, or "".
+func CorrelationID(ctx context.Context) string {
+	id, _ := ctx.Value(correlationKey{}).(string)
+	return id
+}
 
 // Event is one of the types below.
 type Event interface {
@@ -81,6 +105,30 @@ type PaymentFailed struct {
 	FailedAt  time.Time `json:"failedAt"`
 }
 
+// The contract promises UTC timestamps whatever location a producer's times carry;
+// each event type converts its own when it is marshaled.
+
+// MarshalJSON writes the event with its time in UTC.
+func (e OrderCreated) MarshalJSON() ([]byte, error) {
+	type plain OrderCreated
+	e.CreatedAt = e.CreatedAt.UTC()
+	return json.Marshal(plain(e))
+}
+
+// MarshalJSON writes the event with its time in UTC.
+func (e PaymentSucceeded) MarshalJSON() ([]byte, error) {
+	type plain PaymentSucceeded
+	e.PaidAt = e.PaidAt.UTC()
+	return json.Marshal(plain(e))
+}
+
+// MarshalJSON writes the event with its time in UTC.
+func (e PaymentFailed) MarshalJSON() ([]byte, error) {
+	type plain PaymentFailed
+	e.FailedAt = e.FailedAt.UTC()
+	return json.Marshal(plain(e))
+}
+
 func (OrderCreated) Type() string         { return TypeOrderCreated }
 func (OrderCreated) Topic() string        { return TopicOrders }
 func (e OrderCreated) OrderID() int64     { return e.ID }
@@ -98,11 +146,15 @@ func Source(topic string) string { return "/orderpipe/" + topic }
 // The message UUID is the event id (ce_id): it is stored in the outbox and stays the same
 // however often the relay resends it, so consumers deduplicate by it.
 func NewMessage(e Event, at time.Time) (*message.Message, error) {
+	return newMessage(watermill.NewUUID(), e, at)
+}
+
+// newMessage is NewMessage with the id given, so that tests can pin the serialized form.
+func newMessage(id string, e Event, at time.Time) (*message.Message, error) {
 	data, err := json.Marshal(e)
 	if err != nil {
 		return nil, fmt.Errorf("marshal %s: %w", e.Type(), err)
 	}
-	id := watermill.NewUUID()
 	msg := message.NewMessage(id, data)
 	msg.Metadata.Set(MetaSpecVersion, "1.0")
 	msg.Metadata.Set(MetaID, id)

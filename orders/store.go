@@ -80,10 +80,13 @@ func (s *Store) InTx(ctx context.Context, fn func(*Tx) error) (err error) {
 	return nil
 }
 
-func (t *Tx) publish(e events.Event, at time.Time) error {
+func (t *Tx) publish(ctx context.Context, e events.Event, at time.Time) error {
 	msg, err := events.NewMessage(e, at)
 	if err != nil {
 		return err
+	}
+	if id := events.CorrelationID(ctx); id != "" {
+		msg.Metadata.Set(events.MetaCorrelationID, id)
 	}
 	return t.outbox.Publish(t.tx, e.Topic(), msg)
 }
@@ -96,7 +99,7 @@ func (t *Tx) Create(ctx context.Context, customerID string, amount money.Amount)
 	if err != nil {
 		return Order{}, fmt.Errorf("insert order: %w", err)
 	}
-	err = t.publish(events.OrderCreated{
+	err = t.publish(ctx, events.OrderCreated{
 		ID: o.ID, CustomerID: o.CustomerID, AmountMinor: o.Amount.Minor,
 		Currency: o.Amount.Currency, CreatedAt: o.CreatedAt,
 	}, o.CreatedAt)
@@ -109,7 +112,7 @@ func (t *Tx) MarkPaid(ctx context.Context, id int64, paymentID string) (Order, e
 	if err != nil {
 		return Order{}, err
 	}
-	err = t.publish(events.PaymentSucceeded{
+	err = t.publish(ctx, events.PaymentSucceeded{
 		ID: o.ID, PaymentID: paymentID, AmountMinor: o.Amount.Minor,
 		Currency: o.Amount.Currency, PaidAt: o.UpdatedAt,
 	}, o.UpdatedAt)
@@ -122,7 +125,7 @@ func (t *Tx) MarkPaymentFailed(ctx context.Context, id int64, paymentID, reason 
 	if err != nil {
 		return Order{}, err
 	}
-	err = t.publish(events.PaymentFailed{
+	err = t.publish(ctx, events.PaymentFailed{
 		ID: o.ID, PaymentID: paymentID, Reason: reason, FailedAt: o.UpdatedAt,
 	}, o.UpdatedAt)
 	return o, err

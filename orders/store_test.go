@@ -103,6 +103,27 @@ func TestCreateWritesOrderAndEventTogether(t *testing.T) {
 	}
 }
 
+func TestEventsCarryTheCorrelationID(t *testing.T) {
+	s, db := newStore(t)
+	ctx := events.WithCorrelationID(context.Background(), "corr-42")
+	err := s.InTx(ctx, func(tx *orders.Tx) error {
+		o, err := tx.Create(ctx, "CUST001", money.Amount{Minor: 1, Currency: "USD"})
+		if err != nil {
+			return err
+		}
+		_, err = tx.MarkPaid(ctx, o.ID, "pay_1")
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range outboxRows(t, db) {
+		if got := r.Metadata[events.MetaCorrelationID]; got != "corr-42" {
+			t.Errorf("%s correlation_id = %q, want corr-42", r.Metadata[events.MetaType], got)
+		}
+	}
+}
+
 func TestFailedTransactionLeavesNothing(t *testing.T) {
 	s, db := newStore(t)
 	boom := errors.New("boom")

@@ -167,7 +167,9 @@ func (w *Worker) handle(msg *message.Message) error {
 	if !ok {
 		return permanent(fmt.Errorf("%w: %s is not handled on this topic", events.ErrUnknownType, e.Type()))
 	}
-	return w.pay(msg.Context(), messageID(msg), created)
+	// The outcome event carries the correlation id of the request that created the order.
+	ctx := events.WithCorrelationID(msg.Context(), middleware.MessageCorrelationID(msg))
+	return w.pay(ctx, messageID(msg), created)
 }
 
 // pay charges an order and records the outcome. Every step is safe to repeat: the
@@ -218,8 +220,8 @@ func (w *Worker) pay(ctx context.Context, msgID string, e events.OrderCreated) e
 			w.metrics.payments.WithLabelValues("declined").Inc()
 		}
 	}
-	w.logger.InfoContext(ctx, "order paid", "order_id", o.ID, "approved", charge.Approved,
-		"payment_id", charge.ID, "message_id", msgID)
+	w.logger.InfoContext(ctx, "payment recorded", "order_id", o.ID, "approved", charge.Approved,
+		"payment_id", charge.ID, "message_id", msgID, "correlation_id", events.CorrelationID(ctx))
 	return nil
 }
 
