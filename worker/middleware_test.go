@@ -108,3 +108,47 @@ func TestMiddlewareChain(t *testing.T) {
 		})
 	}
 }
+
+// TestTimeoutBoundsEachAttempt: a handler that would wait forever is cut off by the
+// per-attempt timeout, so the message is retried instead of holding its partition.
+func TestTimeoutBoundsEachAttempt(t *testing.T) {
+	pubsub := gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 16}, watermill.NopLogger{})
+	defer pubsub.Close()
+	m, err := newMetrics(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	poison, err := middleware.PoisonQueueWithFilter(pubsub, "poison", shouldPoison)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{MaxRetries: 2, RetryInterval: time.Millisecond, RetryMaxInterval: time.Millisecond, HandlerTimeout: 50 * time.Millisecond}
+	router, err := message.NewRouter(message.RouterConfig{}, watermill.NopLogger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	router.AddMiddleware(middlewares(cfg, poison, m, watermill.NopLogger{})...)
+	ended := make(chan error, 16)
+	router.AddConsumerHandler("h", "in", pubsub, func(msg *message.Message) error {
+		<-msg.Context().Done() // hangs until the timeout cancels the attempt
+		ended <- msg.Context().Err()
+		return msg.Context().Err()
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go router.Run(ctx)
+	<-router.Running()
+	if err := pubsub.Publish("in", message.NewMessage(watermill.NewUUID(), []byte("{}"))); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ { // the first attempt and both retries end
+		select {
+		case err := <-ended:
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("attempt %d ended with %v, want the deadline", i+1, err)
+			}
+		case <-time.After(2 * time.Second):
+			t.Fatalf("attempt %d still running after 2s: no timeout", i+1)
+		}
+	}
+}
