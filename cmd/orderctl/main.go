@@ -1,6 +1,7 @@
 // Command orderctl is the operator's tool.
 //
 //	orderctl migrate      apply the database migrations (the api also does at start)
+//	orderctl load         drive the pipeline with orders and report latencies
 package main
 
 import (
@@ -22,6 +23,9 @@ const usage = `usage: orderctl <command> [flags]
 
 commands:
   migrate    apply pending database migrations (DATABASE_URL)
+  load       send orders to the api (open or closed loop) and report POST latency,
+             create -> terminal latency from the outcome events, outbox -> Kafka lag
+             (API_URL, KAFKA_BROKERS, KAFKA_TOPIC_PREFIX); orderctl load -h for flags
 `
 
 func main() {
@@ -74,6 +78,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 		fmt.Fprintf(stdout, "schema at version %d\n", v)
 		return nil
+	case "load":
+		return runLoad(ctx, args[1:], getenv, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
