@@ -1,6 +1,7 @@
 // Command orderctl is the operator's tool.
 //
 //	orderctl migrate      apply the database migrations (the api also does at start)
+//	orderctl tail         follow the orders and payments topics, one line per event
 //	orderctl load         drive the pipeline with orders and report latencies
 package main
 
@@ -23,6 +24,8 @@ const usage = `usage: orderctl <command> [flags]
 
 commands:
   migrate    apply pending database migrations (DATABASE_URL)
+  tail       follow orders and payments, one line per event (KAFKA_BROKERS, KAFKA_TOPIC_PREFIX);
+             orderctl tail -h for flags
   load       send orders to the api (open or closed loop) and report POST latency,
              create -> terminal latency from the outcome events, outbox -> Kafka lag
              (API_URL, KAFKA_BROKERS, KAFKA_TOPIC_PREFIX); orderctl load -h for flags
@@ -78,6 +81,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 		fmt.Fprintf(stdout, "schema at version %d\n", v)
 		return nil
+	case "tail":
+		return runTail(ctx, args[1:], getenv, stdout, stderr)
 	case "load":
 		return runLoad(ctx, args[1:], getenv, stdout, stderr)
 	case "help", "-h", "--help":
