@@ -1,6 +1,7 @@
 // Command orderctl is the operator's tool.
 //
 //	orderctl migrate      apply the database migrations (the api also does at start)
+//	orderctl poison       list, show, stats and replay the poison queue
 //	orderctl tail         follow the orders and payments topics, one line per event
 //	orderctl load         drive the pipeline with orders and report latencies
 package main
@@ -24,6 +25,8 @@ const usage = `usage: orderctl <command> [flags]
 
 commands:
   migrate    apply pending database migrations (DATABASE_URL)
+  poison     list, show, stats and replay poisoned messages (KAFKA_BROKERS, KAFKA_TOPIC_PREFIX);
+             orderctl poison help
   tail       follow orders and payments, one line per event (KAFKA_BROKERS, KAFKA_TOPIC_PREFIX);
              orderctl tail -h for flags
   load       send orders to the api (open or closed loop) and report POST latency,
@@ -81,6 +84,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 		fmt.Fprintf(stdout, "schema at version %d\n", v)
 		return nil
+	case "poison":
+		return runPoison(ctx, args[1:], getenv, stdout, stderr)
 	case "tail":
 		return runTail(ctx, args[1:], getenv, stdout, stderr)
 	case "load":
