@@ -44,3 +44,7 @@ lint:
 
 clean: down ## stop the stack and delete its data and the binaries
 	rm -rf .stack bin
+
+.PHONY: check-observability
+check-observability: ## the Prometheus config, the Grafana dashboard and compose.yml (promtool and docker-compose when installed)
+	$(GO) test -count=1 -v -run 'TestGrafanaDashboard|TestPrometheusConfig|TestComposeObservability' ./e2e

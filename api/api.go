@@ -17,8 +17,11 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
 	"github.com/go-chi/httprate"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/orderpipe/orderpipe/internal/admin"
 	"github.com/orderpipe/orderpipe/internal/postgres"
+	"github.com/orderpipe/orderpipe/internal/tracing"
 	"github.com/orderpipe/orderpipe/orders"
 )
 
@@ -35,6 +38,10 @@ type Config struct {
 	// RateLimit is how many requests per second one client IP may make; more are
 	// answered 429 with Retry-After. 0 disables the limit.
 	RateLimit int
+	// TracerProvider starts a server span per request (named by route pattern) and a
+	// span around the create transaction, whose context the OrderCreated event carries.
+	// nil means tracing is off; a caller's traceparent is still passed on.
+	TracerProvider trace.TracerProvider
 }
 
 func (c *Config) setDefaults() {
@@ -53,19 +60,28 @@ type Server struct {
 	logger  *slog.Logger
 	cfg     Config
 	metrics *metrics
+	tracer  trace.Tracer
+	checks  []admin.Check
 }
 
 // New returns the API's handler.
 func New(store *orders.Store, db *sql.DB, logger *slog.Logger, cfg Config) http.Handler {
 	cfg.setDefaults()
-	s := &Server{store: store, db: db, logger: logger, cfg: cfg, metrics: newMetrics(db)}
+	s := &Server{store: store, db: db, logger: logger, cfg: cfg, metrics: newMetrics(db),
+		tracer: tracing.Tracer(cfg.TracerProvider), checks: []admin.Check{admin.Postgres(db)}}
+	if cfg.Cache != nil {
+		// Optional: without Redis the API answers from Postgres.
+		s.checks = append(s.checks, admin.Check{Name: "redis", Optional: true, Probe: cfg.Cache.Ping})
+	}
 	return s.routes()
 }
 
 func (s *Server) routes() http.Handler {
 	r := chi.NewRouter()
 	// GetHead routes HEAD to the GET handlers (RFC 9110 requires HEAD wherever GET is).
-	r.Use(middleware.RequestID, s.correlate, s.accessLog, s.metrics.instrument, s.recoverer, middleware.GetHead)
+	// The span comes first, so that the access log line carries its trace_id.
+	r.Use(middleware.RequestID, tracing.Middleware(s.cfg.TracerProvider, routePattern), s.correlate, s.accessLog,
+		s.metrics.instrument, s.recoverer, middleware.GetHead)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, problem{Type: typeNotFound, Title: "Not found", Status: http.StatusNotFound,
 			Detail: "no such resource"})
@@ -180,11 +196,14 @@ func (s *Server) lookup(ctx context.Context, id int64) (orders.Order, error) {
 	return o, nil
 }
 
+// ready answers 200 while Postgres answers; Redis is optional (the API serves from
+// Postgres without it) and only reported. The Readiness header lists both:
+// "postgres=ok, redis=down".
 func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
-	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-	defer cancel()
-	if err := s.db.PingContext(ctx); err != nil {
-		s.logger.WarnContext(ctx, "not ready", "err", err)
+	rd := admin.Probe(r.Context(), s.checks)
+	rd.Log(r.Context(), s.logger)
+	w.Header().Set(admin.ReadinessHeader, rd.String())
+	if !rd.Ready() {
 		writeProblem(w, problem{Type: typeUnavailable, Title: "Service unavailable", Status: http.StatusServiceUnavailable,
 			Detail: "database unreachable"})
 		return

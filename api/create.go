@@ -9,6 +9,9 @@ import (
 	"net/http"
 	"strconv"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+
 	"github.com/orderpipe/orderpipe/orders"
 )
 
@@ -44,6 +47,10 @@ func (s *Server) createOrder(w http.ResponseWriter, r *http.Request) {
 
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.DBTimeout)
 	defer cancel()
+	// The OrderCreated event carries this span's context (traceparent) to the relay
+	// and the worker.
+	ctx, span := s.tracer.Start(ctx, "create order")
+	defer span.End()
 	var (
 		resp     orders.StoredResponse
 		replayed bool
@@ -73,14 +80,20 @@ func (s *Server) createOrder(w http.ResponseWriter, r *http.Request) {
 		return nil
 	})
 	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, "create order")
 		s.fail(w, r, err)
 		return
 	}
 	if resp.OrderID != 0 {
 		w.Header().Set("Location", "/orders/"+strconv.FormatInt(resp.OrderID, 10))
+		span.SetAttributes(attribute.Int64("orderpipe.order_id", resp.OrderID))
 	}
 	if replayed {
 		w.Header().Set("Idempotent-Replayed", "true")
+		span.SetAttributes(attribute.Bool("orderpipe.replayed", true))
+	} else {
+		s.metrics.created.Inc()
 	}
 	writeJSON(w, resp.StatusCode, resp.Body)
 }

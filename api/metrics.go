@@ -18,6 +18,7 @@ type metrics struct {
 	registry *prometheus.Registry
 	requests *prometheus.HistogramVec
 	cache    *prometheus.CounterVec
+	created  prometheus.Counter
 }
 
 func newMetrics(db *sql.DB) *metrics {
@@ -32,8 +33,15 @@ func newMetrics(db *sql.DB) *metrics {
 			Name: "order_cache_lookups_total",
 			Help: "Order cache lookups by result: hit, miss or error (Redis down or slow).",
 		}, []string{"result"}),
+		created: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "orders_created_total",
+			Help: "Orders created (PENDING); idempotent replays are not counted.",
+		}),
 	}
-	m.registry.MustRegister(m.requests, m.cache,
+	for _, result := range []string{"hit", "miss", "error"} {
+		m.cache.WithLabelValues(result) // at 0 from the start, so rate() sees the first lookup
+	}
+	m.registry.MustRegister(m.requests, m.cache, m.created,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewDBStatsCollector(db, "orderdb"))
 	return m
@@ -50,10 +58,15 @@ func (m *metrics) instrument(next http.Handler) http.Handler {
 		start := time.Now()
 		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
 		next.ServeHTTP(ww, r)
-		route := chi.RouteContext(r.Context()).RoutePattern()
-		if route == "" {
-			route = "unmatched"
-		}
-		m.requests.WithLabelValues(route, r.Method, strconv.Itoa(ww.Status())).Observe(time.Since(start).Seconds())
+		m.requests.WithLabelValues(routePattern(r), r.Method, strconv.Itoa(ww.Status())).Observe(time.Since(start).Seconds())
 	})
+}
+
+// routePattern is the chi route the request matched, or "unmatched"; known once the
+// router has run.
+func routePattern(r *http.Request) string {
+	if rc := chi.RouteContext(r.Context()); rc != nil && rc.RoutePattern() != "" {
+		return rc.RoutePattern()
+	}
+	return "unmatched"
 }

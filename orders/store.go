@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/orderpipe/orderpipe/events"
+	"github.com/orderpipe/orderpipe/internal/tracing"
 	"github.com/orderpipe/orderpipe/money"
 	"github.com/orderpipe/orderpipe/outbox"
 )
@@ -88,6 +89,9 @@ func (t *Tx) publish(ctx context.Context, e events.Event, at time.Time) error {
 	if id := events.CorrelationID(ctx); id != "" {
 		msg.Metadata.Set(events.MetaCorrelationID, id)
 	}
+	// The span that caused the event (the API's create, the worker's processing) becomes
+	// the parent of the relay's and, through it, the consumer's spans: one trace.
+	tracing.Inject(ctx, msg.Metadata)
 	return t.outbox.Publish(t.tx, e.Topic(), msg)
 }
 

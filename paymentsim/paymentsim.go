@@ -7,7 +7,10 @@
 // records it in the ledger; every later request with that key gets the same answer back
 // (marked Idempotent-Replayed: true) and never a second charge. Reusing a key with a
 // different body is 422. GET /payments?orderId=N lists an order's ledger entries,
-// declines included, so tests can count charges. GET /healthz answers ok.
+// declines included, so tests can count charges. GET /healthz and GET /readyz answer ok
+// (the simulator has no dependencies); GET /metrics serves Prometheus metrics (payments
+// by behaviour and result, request latency, Go runtime). Requests are traced (W3C
+// traceparent) when Config.TracerProvider is set.
 //
 // # Test amounts
 //
@@ -65,6 +68,10 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/orderpipe/orderpipe/internal/tracing"
 )
 
 // Status of a payment.
@@ -115,6 +122,9 @@ type Config struct {
 	LatencyJitter time.Duration
 	// Seed seeds the random behaviours. 0 picks one from the clock (New logs it).
 	Seed int64
+	// TracerProvider starts a server span per request, continuing the caller's
+	// traceparent; nil means tracing is off.
+	TracerProvider trace.TracerProvider
 }
 
 func (c *Config) setDefaults() {
@@ -153,9 +163,11 @@ func (c Config) Validate() error {
 
 // Server is the simulator.
 type Server struct {
-	cfg    Config
-	logger *slog.Logger
-	file   *ledgerFile // nil when the ledger lives in memory only
+	cfg     Config
+	logger  *slog.Logger
+	file    *ledgerFile // nil when the ledger lives in memory only
+	metrics *metrics
+	handler http.Handler
 
 	randMu sync.Mutex
 	rand   *rand.Rand
@@ -179,7 +191,9 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		rand:     rand.New(rand.NewPCG(uint64(cfg.Seed), 0)),
 		byKey:    map[string]*Payment{},
 		attempts: map[string]int{},
+		metrics:  newMetrics(),
 	}
+	s.handler = tracing.Middleware(cfg.TracerProvider, route)(s.metrics.instrument(http.HandlerFunc(s.serve)))
 	if cfg.LedgerPath != "" {
 		file, payments, err := openLedger(cfg.LedgerPath, logger)
 		if err != nil {
@@ -217,11 +231,25 @@ func (s *Server) add(p Payment) {
 	}
 }
 
-// ServeHTTP routes the simulator's endpoints.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+// ServeHTTP serves the simulator's endpoints, traced and measured.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.ServeHTTP(w, r) }
+
+// routes are the simulator's paths; any other is "unmatched" in metrics and spans.
+var routes = map[string]bool{"/payments": true, "/healthz": true, "/readyz": true, "/metrics": true}
+
+func route(r *http.Request) string {
+	if routes[r.URL.Path] {
+		return r.URL.Path
+	}
+	return "unmatched"
+}
+
+func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	switch {
-	case r.URL.Path == "/healthz":
+	case r.URL.Path == "/healthz" || r.URL.Path == "/readyz":
 		fmt.Fprintln(w, "ok")
+	case r.URL.Path == "/metrics" && r.Method == http.MethodGet:
+		s.metrics.handler().ServeHTTP(w, r)
 	case r.URL.Path == "/payments" && r.Method == http.MethodPost:
 		s.charge(w, r)
 	case r.URL.Path == "/payments" && r.Method == http.MethodGet:
@@ -258,39 +286,57 @@ func (s *Server) charge(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	ctx := r.Context()
+	// The caller's correlation id, if it sent one, ties these lines to its own.
+	log := s.logger.With("order_id", req.OrderID, "correlation_id", r.Header.Get("X-Correlation-ID"))
 	b := BehaviourFor(req.Amount)
+	count := func(result string) { s.metrics.payments.WithLabelValues(string(b.Kind), result).Inc() }
 	wait := s.cfg.Latency + s.jitter()
 	if b.Kind == KindSlow {
 		wait += s.cfg.SlowDelay
 	}
 	if !sleep(r, wait) {
+		count(resultCanceled)
 		canceled(w)
 		return
 	}
 	o, err := s.decide(key, req, b.Kind)
 	if err != nil {
-		s.logger.Error("record payment", "order_id", req.OrderID, "err", err)
+		count(resultFailed)
+		log.ErrorContext(ctx, "record payment", "err", err)
 		http.Error(w, "internal error", http.StatusInternalServerError)
 		return
 	}
 	switch {
 	case o.reset:
-		s.logger.Info("simulated connection reset", "order_id", req.OrderID)
+		count(resultReset)
+		log.InfoContext(ctx, "simulated connection reset")
 		hangUp(w)
 		return
 	case o.failure != "":
-		s.logger.Info("payment not processed", "order_id", req.OrderID, "status", o.code, "reason", o.failure)
+		if o.code < 500 {
+			count(resultRejected)
+		} else {
+			count(resultFailed)
+		}
+		log.InfoContext(ctx, "payment not processed", "status", o.code, "reason", o.failure)
 		http.Error(w, o.failure, o.code)
 		return
 	}
 	if !sleep(r, o.delay) {
 		// The charge stands; the client never hears of it, which is the point of 72.
-		s.logger.Info("payment answer not sent", "order_id", o.payment.OrderID, "payment_id", o.payment.ID)
+		count(resultCanceled)
+		log.InfoContext(ctx, "payment answer not sent", "payment_id", o.payment.ID)
 		canceled(w)
 		return
 	}
-	s.logger.Info("payment", "order_id", o.payment.OrderID, "payment_id", o.payment.ID,
-		"status", o.payment.Status, "replayed", o.replayed)
+	switch {
+	case o.replayed:
+		count(resultReplayed)
+	default:
+		count(o.payment.Status)
+	}
+	log.InfoContext(ctx, "payment", "payment_id", o.payment.ID, "status", o.payment.Status, "replayed", o.replayed)
 	if o.replayed {
 		w.Header().Set("Idempotent-Replayed", "true")
 	}

@@ -372,6 +372,8 @@ func TestRoutes(t *testing.T) {
 		want           int
 	}{
 		{http.MethodGet, "/healthz", 200},
+		{http.MethodGet, "/readyz", 200},
+		{http.MethodGet, "/metrics", 200},
 		{http.MethodGet, "/payments?orderId=1", 200},
 		{http.MethodGet, "/payments", 400},
 		{http.MethodGet, "/payments?orderId=x", 400},

@@ -13,6 +13,7 @@ type metrics struct {
 	deadLetters   prometheus.Counter
 	pruned        prometheus.Counter
 	backlog       prometheus.Gauge
+	backlogAge    prometheus.Gauge
 	leader        prometheus.Gauge
 	lag           prometheus.Histogram
 	batch         prometheus.Histogram
@@ -35,6 +36,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		backlog: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "relay_backlog_rows", Help: "Outbox rows not yet forwarded (refreshed every prune interval).",
 		}),
+		backlogAge: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "relay_backlog_age_seconds",
+			Help: "Age of the oldest outbox row not yet forwarded, 0 when there is none (refreshed every prune interval).",
+		}),
 		leader: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "relay_leader", Help: "1 while this relay is the active one.",
 		}),
@@ -50,7 +55,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.forwarded, m.publishErrors, m.deadLetters, m.pruned,
-			m.backlog, m.leader, m.lag, m.batch} {
+			m.backlog, m.backlogAge, m.leader, m.lag, m.batch} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

@@ -10,7 +10,12 @@ import (
 
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"go.opentelemetry.io/otel/codes"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/orderpipe/orderpipe/events"
+	"github.com/orderpipe/orderpipe/internal/tracing"
 	"github.com/orderpipe/orderpipe/kafkaconf"
 )
 
@@ -84,39 +89,79 @@ type deadLetter struct {
 }
 
 // decodeBatch unwraps each row into a Kafka record; rows that do not decode are
-// returned as dead letters instead.
-func decodeBatch(rows []row) ([]*sarama.ProducerMessage, []deadLetter) {
+// returned as dead letters instead. spans are the producer spans of the traced records
+// (see decodeRow), to be ended once Kafka has answered.
+func decodeBatch(rows []row, tracer trace.Tracer) ([]*sarama.ProducerMessage, []deadLetter, []trace.Span) {
 	msgs := make([]*sarama.ProducerMessage, 0, len(rows))
-	var dead []deadLetter
+	var (
+		dead  []deadLetter
+		spans []trace.Span
+	)
 	for _, r := range rows {
-		pm, err := decodeRow(r)
+		pm, span, err := decodeRow(r, tracer)
 		if err != nil {
 			dead = append(dead, deadLetter{row: r, reason: err.Error()})
 			continue
 		}
 		msgs = append(msgs, pm)
+		if span != nil {
+			spans = append(spans, span)
+		}
 	}
-	return msgs, dead
+	return msgs, dead, spans
 }
 
-func decodeRow(r row) (*sarama.ProducerMessage, error) {
+// decodeRow unwraps a row into a Kafka record whose headers are the row's metadata.
+//
+// A row written under a sampled trace carries its traceparent: the relay then starts a
+// producer span as that context's child and sends the span's context instead, so the
+// consumer's span hangs below the relay's, all in the writer's trace. Other rows are sent
+// as they are, at no cost, and so is every row when tracer is nil (tracing off: the
+// writer's context goes on unchanged). The span is returned, to be ended when Kafka
+// answers.
+func decodeRow(r row, tracer trace.Tracer) (*sarama.ProducerMessage, trace.Span, error) {
 	var e envelope
 	if err := json.Unmarshal(r.payload, &e); err != nil {
-		return nil, fmt.Errorf("envelope: %w", err)
+		return nil, nil, fmt.Errorf("envelope: %w", err)
 	}
 	if e.DestinationTopic == "" || e.UUID == "" {
-		return nil, errors.New("envelope without destination topic or message uuid")
+		return nil, nil, errors.New("envelope without destination topic or message uuid")
 	}
 	msg := message.NewMessage(e.UUID, e.Payload)
 	msg.Metadata = e.Metadata
 	if msg.Metadata == nil {
 		msg.Metadata = message.Metadata{}
 	}
+	var span trace.Span
+	if tracer != nil {
+		if ctx := tracing.Extract(context.Background(), msg.Metadata); trace.SpanContextFromContext(ctx).IsSampled() {
+			ctx, span = tracer.Start(ctx, "send "+e.DestinationTopic, trace.WithSpanKind(trace.SpanKindProducer),
+				trace.WithAttributes(semconv.MessagingSystemKafka, semconv.MessagingOperationTypeSend,
+					semconv.MessagingDestinationName(e.DestinationTopic), semconv.MessagingMessageID(e.UUID),
+					semconv.MessagingKafkaMessageKey(msg.Metadata.Get(events.MetaSubject))))
+			tracing.Inject(ctx, msg.Metadata)
+		}
+	}
 	pm, err := kafkaconf.Marshaler.Marshal(e.DestinationTopic, msg)
 	if err != nil {
-		return nil, fmt.Errorf("marshal: %w", err)
+		if span != nil {
+			span.End()
+		}
+		return nil, nil, fmt.Errorf("marshal: %w", err)
 	}
-	return pm, nil
+	return pm, span, nil
+}
+
+// endSpans ends the producer spans of a batch, marking them failed if err is not nil
+// (the batch is then sent again, under new spans).
+func endSpans(spans []trace.Span, err error) {
+	for _, s := range spans {
+		if err != nil {
+			s.RecordError(err)
+			s.SetStatus(codes.Error, "kafka did not acknowledge the batch")
+		}
+		s.End()
+	}
 }
 
 // savePosition records the dead letters of a batch and moves the position past it, in
@@ -144,7 +189,7 @@ func savePosition(ctx context.Context, conn *sql.Conn, group string, pos positio
 	return tx.Commit()
 }
 
-// maintain deletes forwarded rows past the retention and refreshes the backlog gauge,
+// maintain deletes forwarded rows past the retention and refreshes the backlog gauges,
 // every PruneInterval, while this relay is active.
 func (r *Relay) maintain(ctx context.Context) error {
 	t := time.NewTicker(r.cfg.PruneInterval)
@@ -179,14 +224,19 @@ func (r *Relay) prune(ctx context.Context) error {
 			break
 		}
 	}
-	var backlog int64
-	err := r.db.QueryRowContext(ctx, `SELECT count(*) FROM watermill_outbox o
+	var (
+		backlog int64
+		age     float64
+	)
+	err := r.db.QueryRowContext(ctx, `SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(o.created_at)), 0)::float8
+		FROM watermill_outbox o
 		WHERE (o.transaction_id, o."offset") > COALESCE((SELECT (p.last_processed_transaction_id, p.offset_acked)
 			FROM watermill_offsets_outbox p WHERE p.consumer_group = $1), ('0'::xid8, 0::bigint))`,
-		r.cfg.ConsumerGroup).Scan(&backlog)
+		r.cfg.ConsumerGroup).Scan(&backlog, &age)
 	if err != nil {
 		return err
 	}
 	r.metrics.backlog.Set(float64(backlog))
+	r.metrics.backlogAge.Set(max(age, 0))
 	return nil
 }

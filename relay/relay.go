@@ -22,6 +22,9 @@
 //     over from the saved position.
 //   - An envelope that does not decode is set aside in outbox_dead_letters and counted.
 //   - Forwarded rows older than the retention are deleted, so the outbox stays bounded.
+//   - Row metadata becomes record headers verbatim, W3C traceparent included; with
+//     tracing on, a row written under a sampled trace is sent under a producer span of
+//     its own, so one trace runs from the API request to the consumer (decodeRow).
 package relay
 
 import (
@@ -36,8 +39,10 @@ import (
 
 	"github.com/IBM/sarama"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/orderpipe/orderpipe/internal/tracing"
 	"github.com/orderpipe/orderpipe/kafkaconf"
 )
 
@@ -65,6 +70,9 @@ type Config struct {
 	MaxBackoff time.Duration
 	// Registerer receives the relay's metrics; nil registers nothing.
 	Registerer prometheus.Registerer
+	// TracerProvider starts the producer span of each row written under a sampled trace
+	// (see decodeRow); nil means tracing is off, and rows keep their writer's context.
+	TracerProvider trace.TracerProvider
 }
 
 func (c *Config) setDefaults() {
@@ -108,6 +116,7 @@ type Relay struct {
 	cfg     Config
 	logger  *slog.Logger
 	metrics *metrics
+	tracer  trace.Tracer // nil when tracing is off
 	lockKey int64
 }
 
@@ -123,7 +132,11 @@ func New(db *sql.DB, cfg Config, logger *slog.Logger) (*Relay, error) {
 	}
 	h := fnv.New64a()
 	h.Write([]byte("orderpipe.relay." + cfg.ConsumerGroup))
-	return &Relay{db: db, cfg: cfg, logger: logger, metrics: m, lockKey: int64(h.Sum64())}, nil
+	r := &Relay{db: db, cfg: cfg, logger: logger, metrics: m, lockKey: int64(h.Sum64())}
+	if tracing.Enabled(cfg.TracerProvider) {
+		r.tracer = tracing.Tracer(cfg.TracerProvider)
+	}
+	return r, nil
 }
 
 // Run forwards until ctx is done. Losing the database or Kafka is not fatal: the relay
@@ -219,8 +232,9 @@ func (r *Relay) forward(ctx context.Context, conn *sql.Conn, pos position) error
 			}
 			continue
 		}
-		msgs, dead := decodeBatch(rows)
+		msgs, dead, spans := decodeBatch(rows, r.tracer)
 		err = send(ctx, producer, msgs)
+		endSpans(spans, err)
 		if errors.Is(err, errAbandoned) {
 			// Shutting down with Kafka not answering: the position was not saved, so
 			// the next active relay sends this batch again. Closing the producer would

@@ -1,6 +1,10 @@
 package worker
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/orderpipe/orderpipe/events"
+)
 
 type metrics struct {
 	messages *prometheus.CounterVec
@@ -30,6 +34,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "worker_payments_total", Help: "Payment outcomes recorded: approved or declined.",
 		}, []string{"outcome"}),
 	}
+	// Every series exists from the start, at 0: dashboards show 0 rather than no data,
+	// and rate() does not miss a series' first increment.
+	for _, typ := range []string{events.TypeOrderCreated, events.TypePaymentSucceeded, events.TypePaymentFailed, "unknown"} {
+		m.retries.WithLabelValues(typ)
+		m.poisoned.WithLabelValues(typ)
+		m.messages.WithLabelValues(typ, "handled")
+		m.messages.WithLabelValues(typ, "nacked")
+	}
+	m.payments.WithLabelValues("approved")
+	m.payments.WithLabelValues("declined")
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.messages, m.retries, m.poisoned, m.latency, m.payments} {
 			if err := reg.Register(c); err != nil {

@@ -1,14 +1,20 @@
 package worker
 
 import (
+	"log/slog"
 	"strconv"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/orderpipe/orderpipe/events"
+	"github.com/orderpipe/orderpipe/internal/tracing"
 )
 
 // Metadata the worker adds to a message as it is tried; a poisoned message carries them
@@ -22,21 +28,26 @@ const (
 
 // middlewares is the handler chain; the first runs outermost.
 //
+//   - trace starts the consumer span, a child of the traceparent the message carries,
+//     so that the payment call and the outcome event belong to the order's trace.
 //   - CorrelationID carries the correlation id to anything the handler publishes.
 //   - outcome counts what leaves the chain: success, or a nack (redelivery).
 //   - poison sends failures that are not "unavailable" to the poison topic, after the
 //     retries; permanent ones reach it at once because Retry skips them.
+//   - reportResult writes the one log line per delivery, once retries are over.
 //   - Retry retries transient and unavailable failures with exponential backoff and
 //     jitter.
 //   - attempts records each attempt in the metadata (the poison queue keeps it) and
 //     observes per-type latency and retries.
 //   - Timeout bounds each attempt.
 //   - Recoverer is innermost, so a panic becomes an error that Retry and poison see.
-func middlewares(cfg Config, poison message.HandlerMiddleware, m *metrics, logger watermill.LoggerAdapter) []message.HandlerMiddleware {
+func middlewares(cfg Config, poison message.HandlerMiddleware, m *metrics, logger *slog.Logger) []message.HandlerMiddleware {
 	return []message.HandlerMiddleware{
+		traceMessages(tracing.Tracer(cfg.TracerProvider)),
 		middleware.CorrelationID,
 		m.outcome,
 		poison,
+		reportResult(logger),
 		middleware.Retry{
 			MaxRetries:          cfg.MaxRetries,
 			InitialInterval:     cfg.RetryInterval,
@@ -45,11 +56,63 @@ func middlewares(cfg Config, poison message.HandlerMiddleware, m *metrics, logge
 			RandomizationFactor: 0.5,
 			ShouldRetry:         func(p middleware.RetryParams) bool { return !isPermanent(p.Err) },
 			ResetContextOnRetry: true,
-			Logger:              logger,
+			Logger:              watermill.NewSlogLogger(logger),
 		}.Middleware,
 		m.attempts,
 		middleware.Timeout(cfg.HandlerTimeout),
 		middleware.Recoverer,
+	}
+}
+
+// traceMessages starts a consumer span per delivery, as the child of the context the
+// message's traceparent header carries (the relay's span), and hands it to the handler
+// through the message's context.
+func traceMessages(tracer trace.Tracer) message.HandlerMiddleware {
+	return func(h message.HandlerFunc) message.HandlerFunc {
+		return func(msg *message.Message) ([]*message.Message, error) {
+			topic := message.SubscribeTopicFromCtx(msg.Context())
+			ctx := tracing.Extract(msg.Context(), msg.Metadata)
+			ctx, span := tracer.Start(ctx, "process "+topic, trace.WithSpanKind(trace.SpanKindConsumer))
+			defer span.End()
+			if span.IsRecording() {
+				span.SetAttributes(semconv.MessagingSystemKafka, semconv.MessagingOperationTypeProcess,
+					semconv.MessagingDestinationName(topic), semconv.MessagingMessageID(messageID(msg)),
+					semconv.MessagingKafkaMessageKey(msg.Metadata.Get(events.MetaSubject)),
+					attribute.String("orderpipe.correlation_id", middleware.MessageCorrelationID(msg)))
+			}
+			msg.SetContext(ctx)
+			return h(msg) // reportResult sets the span's status
+		}
+	}
+}
+
+// reportResult writes one log line per delivery once its retries are over, processed
+// (info), poisoned (error) or nacked for redelivery (warn), with the ids that lead to the
+// order, its request and its trace (trace_id comes from the context), and marks the
+// consumer span failed unless the message was processed.
+func reportResult(logger *slog.Logger) message.HandlerMiddleware {
+	return func(h message.HandlerFunc) message.HandlerFunc {
+		return func(msg *message.Message) ([]*message.Message, error) {
+			ctx := msg.Context() // Retry resets the message's context to this one
+			out, err := h(msg)
+			attrs := []any{"message_id", messageID(msg), "type", eventType(msg),
+				"order_id", msg.Metadata.Get(events.MetaSubject),
+				"correlation_id", middleware.MessageCorrelationID(msg), "attempts", msg.Metadata.Get(MetaAttempts)}
+			if err == nil {
+				logger.InfoContext(ctx, "message processed", attrs...)
+				return out, nil
+			}
+			span := trace.SpanFromContext(ctx)
+			span.RecordError(err)
+			if shouldPoison(err) {
+				span.SetStatus(codes.Error, "poisoned")
+				logger.ErrorContext(ctx, "message poisoned", append(attrs, "err", err)...)
+			} else {
+				span.SetStatus(codes.Error, "nacked for redelivery")
+				logger.WarnContext(ctx, "message nacked; will be redelivered", append(attrs, "err", err)...)
+			}
+			return out, err
+		}
 	}
 }
 

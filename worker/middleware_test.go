@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -61,7 +62,7 @@ func TestMiddlewareChain(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			router.AddMiddleware(middlewares(cfg, poison, m, watermill.NopLogger{})...)
+			router.AddMiddleware(middlewares(cfg, poison, m, slog.New(slog.DiscardHandler))...)
 			var calls atomic.Int32
 			router.AddConsumerHandler("h", "in", pubsub, func(msg *message.Message) error {
 				return tt.handler(calls.Add(1))
@@ -127,7 +128,7 @@ func TestTimeoutBoundsEachAttempt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	router.AddMiddleware(middlewares(cfg, poison, m, watermill.NopLogger{})...)
+	router.AddMiddleware(middlewares(cfg, poison, m, slog.New(slog.DiscardHandler))...)
 	ended := make(chan error, 16)
 	router.AddConsumerHandler("h", "in", pubsub, func(msg *message.Message) error {
 		<-msg.Context().Done() // hangs until the timeout cancels the attempt

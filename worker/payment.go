@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+
+	"github.com/orderpipe/orderpipe/events"
 )
 
 // PaymentClient calls the payment provider (paymentsim's API).
@@ -45,6 +47,9 @@ func (c *PaymentClient) Charge(ctx context.Context, idempotencyKey string, order
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Idempotency-Key", idempotencyKey)
+	if id := events.CorrelationID(ctx); id != "" {
+		req.Header.Set("X-Correlation-ID", id) // the provider logs it
+	}
 	resp, err := c.HTTP.Do(req)
 	if err != nil {
 		// No answer (refused, reset, timed out): the provider is unreachable, not

@@ -18,8 +18,10 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/orderpipe/orderpipe/events"
+	"github.com/orderpipe/orderpipe/internal/tracing"
 	"github.com/orderpipe/orderpipe/kafkaconf"
 	"github.com/orderpipe/orderpipe/orders"
 )
@@ -50,6 +52,9 @@ type Config struct {
 	// Registerer receives the worker's and Watermill's router metrics; nil registers
 	// nothing.
 	Registerer prometheus.Registerer
+	// TracerProvider starts the consumer span of each delivery and the client span of
+	// each payment call; nil means tracing is off (trace context is still passed on).
+	TracerProvider trace.TracerProvider
 }
 
 func (c *Config) setDefaults() {
@@ -106,11 +111,13 @@ func New(store *orders.Store, cfg Config, logger *slog.Logger) (*Worker, error) 
 		return nil, err
 	}
 	w := &Worker{
-		metrics:  m,
-		store:    store,
-		cache:    cfg.Cache,
-		payments: &PaymentClient{BaseURL: cfg.PaymentURL, HTTP: &http.Client{Timeout: cfg.PaymentTimeout}},
-		logger:   logger,
+		metrics: m,
+		store:   store,
+		cache:   cfg.Cache,
+		payments: &PaymentClient{BaseURL: cfg.PaymentURL, HTTP: &http.Client{
+			Timeout: cfg.PaymentTimeout, Transport: tracing.Transport(cfg.TracerProvider, nil),
+		}},
+		logger: logger,
 	}
 
 	sub, err := kafka.NewSubscriber(kafka.SubscriberConfig{
@@ -138,7 +145,7 @@ func New(store *orders.Store, cfg Config, logger *slog.Logger) (*Worker, error) 
 	if err != nil {
 		return nil, err
 	}
-	router.AddMiddleware(middlewares(cfg, poison, m, wlog)...)
+	router.AddMiddleware(middlewares(cfg, poison, m, logger)...)
 	if cfg.Registerer != nil {
 		wmetrics.NewPrometheusMetricsBuilder(cfg.Registerer, "", "").AddPrometheusRouterMetrics(router)
 	}
@@ -157,6 +164,14 @@ func (w *Worker) Run(ctx context.Context) error {
 
 // Running is closed once the router consumes.
 func (w *Worker) Running() chan struct{} { return w.router.Running() }
+
+// Consuming reports, for /readyz, an error unless the router is running its handler.
+func (w *Worker) Consuming(context.Context) error {
+	if !w.router.IsRunning() || w.router.IsClosed() {
+		return errors.New("router not running")
+	}
+	return nil
+}
 
 func (w *Worker) handle(msg *message.Message) error {
 	e, err := events.Decode(msg)

@@ -18,6 +18,7 @@ import (
 	"github.com/orderpipe/orderpipe/api"
 	"github.com/orderpipe/orderpipe/internal/envconf"
 	"github.com/orderpipe/orderpipe/internal/postgres"
+	"github.com/orderpipe/orderpipe/internal/tracing"
 	"github.com/orderpipe/orderpipe/orders"
 	"github.com/orderpipe/orderpipe/outbox"
 	"github.com/orderpipe/orderpipe/schema"
@@ -67,6 +68,15 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		"redis_url", envconf.Redact(cfg.RedisURL), "rate_limit", cfg.RateLimit,
 		"db_max_conns", cfg.DBMaxConns, "topic_prefix", cfg.TopicPrefix, "idempotency_ttl", cfg.IdempotencyTTL.String())
 
+	tp, traces, stopTracing, err := tracing.Provider(ctx, getenv, "api", logger)
+	if err != nil {
+		return err
+	}
+	defer tracing.Shutdown(stopTracing)
+	if traces != "" {
+		logger.Info("tracing on", "otlp_traces_endpoint", traces)
+	}
+
 	db, err := postgres.Open(ctx, cfg.DatabaseURL, cfg.DBMaxConns)
 	if err != nil {
 		return err
@@ -88,7 +98,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	srv := &http.Server{
 		Addr: cfg.HTTPAddr,
 		Handler: api.New(store, db, logger, api.Config{
-			IdempotencyTTL: cfg.IdempotencyTTL, Cache: cache, RateLimit: cfg.RateLimit,
+			IdempotencyTTL: cfg.IdempotencyTTL, Cache: cache, RateLimit: cfg.RateLimit, TracerProvider: tp,
 		}),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,

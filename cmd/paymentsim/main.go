@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/orderpipe/orderpipe/internal/envconf"
+	"github.com/orderpipe/orderpipe/internal/tracing"
 	"github.com/orderpipe/orderpipe/paymentsim"
 )
 
@@ -44,6 +45,15 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	if err := env.Err(); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
+	tp, traces, stopTracing, err := tracing.Provider(ctx, getenv, "paymentsim", logger)
+	if err != nil {
+		return err
+	}
+	defer tracing.Shutdown(stopTracing)
+	if traces != "" {
+		logger.Info("tracing on", "otlp_traces_endpoint", traces)
+	}
+	cfg.TracerProvider = tp
 	sim, err := paymentsim.New(cfg, logger) // logs the configuration, defaults applied
 	if err != nil {
 		return err

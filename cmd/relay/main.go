@@ -15,6 +15,7 @@ import (
 	"github.com/orderpipe/orderpipe/internal/admin"
 	"github.com/orderpipe/orderpipe/internal/envconf"
 	"github.com/orderpipe/orderpipe/internal/postgres"
+	"github.com/orderpipe/orderpipe/internal/tracing"
 	"github.com/orderpipe/orderpipe/kafkaconf"
 	"github.com/orderpipe/orderpipe/relay"
 )
@@ -48,6 +49,16 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		"admin_addr", adminAddr, "group", cfg.ConsumerGroup, "poll_interval", cfg.PollInterval.String(),
 		"batch_size", cfg.BatchSize, "retention", cfg.Retention.String())
 
+	tp, traces, stopTracing, err := tracing.Provider(ctx, getenv, "relay", logger)
+	if err != nil {
+		return err
+	}
+	defer tracing.Shutdown(stopTracing)
+	if traces != "" {
+		logger.Info("tracing on", "otlp_traces_endpoint", traces)
+	}
+	cfg.TracerProvider = tp
+
 	db, err := postgres.Open(ctx, databaseURL, 4)
 	if err != nil {
 		return err
@@ -61,6 +72,8 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return r.Run(ctx) })
-	g.Go(func() error { return admin.Serve(ctx, adminAddr, db, reg, logger) })
+	// Ready while Postgres and Kafka both answer: without either nothing is forwarded.
+	checks := []admin.Check{admin.Postgres(db), admin.Kafka(cfg.Brokers)}
+	g.Go(func() error { return admin.Serve(ctx, adminAddr, reg, checks, logger) })
 	return g.Wait()
 }

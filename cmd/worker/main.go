@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sync/errgroup"
@@ -14,6 +15,7 @@ import (
 	"github.com/orderpipe/orderpipe/internal/admin"
 	"github.com/orderpipe/orderpipe/internal/envconf"
 	"github.com/orderpipe/orderpipe/internal/postgres"
+	"github.com/orderpipe/orderpipe/internal/tracing"
 	"github.com/orderpipe/orderpipe/kafkaconf"
 	"github.com/orderpipe/orderpipe/orders"
 	"github.com/orderpipe/orderpipe/outbox"
@@ -53,6 +55,16 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	logger.Info("starting", "database_url", envconf.Redact(databaseURL), "kafka_brokers", cfg.Brokers,
 		"topic_prefix", cfg.TopicPrefix, "group", cfg.ConsumerGroup, "payment_url", cfg.PaymentURL, "redis_url", envconf.Redact(redisURL), "admin_addr", adminAddr)
 
+	tp, traces, stopTracing, err := tracing.Provider(ctx, getenv, "worker", logger)
+	if err != nil {
+		return err
+	}
+	defer tracing.Shutdown(stopTracing)
+	if traces != "" {
+		logger.Info("tracing on", "otlp_traces_endpoint", traces)
+	}
+	cfg.TracerProvider = tp
+
 	db, err := postgres.Open(ctx, databaseURL, 8)
 	if err != nil {
 		return err
@@ -72,6 +84,17 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return w.Run(ctx) })
-	g.Go(func() error { return admin.Serve(ctx, adminAddr, db, reg, logger) })
+	// Ready while it consumes and Postgres and Kafka answer. The payment provider and
+	// Redis are reported but optional: during a provider outage the worker holds its
+	// orders and retries them (nothing another worker could do better), and without
+	// Redis only cache invalidations are skipped.
+	checks := []admin.Check{
+		{Name: "consumer", Probe: w.Consuming},
+		admin.Postgres(db),
+		admin.Kafka(cfg.Brokers),
+		admin.HTTP("payments", strings.TrimRight(cfg.PaymentURL, "/")+"/healthz", true),
+		{Name: "redis", Optional: true, Probe: cache.Ping},
+	}
+	g.Go(func() error { return admin.Serve(ctx, adminAddr, reg, checks, logger) })
 	return g.Wait()
 }

@@ -1,10 +1,12 @@
 // Package admin serves a daemon's operational endpoints: /healthz (the process is
-// alive), /readyz (its database answers) and /metrics (Prometheus).
+// alive), /readyz (its dependencies answer) and /metrics (Prometheus), and holds the
+// readiness checks the daemons share.
 package admin
 
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -25,20 +27,12 @@ func NewRegistry(db *sql.DB) *prometheus.Registry {
 	return reg
 }
 
-// Serve listens on addr until ctx is done.
-func Serve(ctx context.Context, addr string, db *sql.DB, reg *prometheus.Registry, logger *slog.Logger) error {
+// Serve listens on addr until ctx is done. /readyz probes checks (see ReadyHandler).
+func Serve(ctx context.Context, addr string, reg *prometheus.Registry, checks []Check, logger *slog.Logger) error {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
-		if err := db.PingContext(ctx); err != nil {
-			http.Error(w, "database unreachable", http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ready")
-	})
+	mux.Handle("GET /readyz", ReadyHandler(checks, logger))
 	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe() }()
@@ -56,4 +50,33 @@ func Serve(ctx context.Context, addr string, db *sql.DB, reg *prometheus.Registr
 		return err
 	}
 	return nil
+}
+
+// ReadyHandler serves /readyz: it probes every check at once, within 2 seconds, and
+// answers 200 when every required check passed, else 503. The Readiness header lists
+// each check ("postgres=ok, redis=down"); the JSON body gives the failures' causes:
+//
+//	{"ready":false,"checks":{"postgres":"ok","kafka":"kafka metadata: ..."}}
+func ReadyHandler(checks []Check, logger *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rd := Probe(r.Context(), checks)
+		rd.Log(r.Context(), logger)
+		body := struct {
+			Ready  bool              `json:"ready"`
+			Checks map[string]string `json:"checks"`
+		}{Ready: rd.Ready(), Checks: map[string]string{}}
+		for _, res := range rd {
+			body.Checks[res.Name] = "ok"
+			if res.Err != nil {
+				body.Checks[res.Name] = res.Err.Error()
+			}
+		}
+		data, _ := json.Marshal(body)
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set(ReadinessHeader, rd.String())
+		if !body.Ready {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		w.Write(append(data, '\n'))
+	})
 }

@@ -11,6 +11,8 @@ import (
 	"net/url"
 	"strconv"
 	"time"
+
+	"github.com/orderpipe/orderpipe/internal/tracing"
 )
 
 // Env reads variables and collects the errors.
@@ -103,7 +105,9 @@ func Redact(rawURL string) string {
 	return u.Redacted()
 }
 
-// Logger returns the JSON logger every binary uses.
+// Logger returns the JSON logger every binary uses. A line logged with a context that
+// carries a trace (logger.InfoContext(ctx, ...)) gets its trace_id and span_id.
 func Logger(w io.Writer, level slog.Level, service string) *slog.Logger {
-	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})).With("service", service)
+	h := tracing.NewLogHandler(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level}))
+	return slog.New(h).With("service", service)
 }
