@@ -21,11 +21,13 @@ type pipeline struct {
 	t                               *testing.T
 	apiURL, paymentURL, topicPrefix string
 	dbURL, brokers, cachePrefix     string
+	api, relay, paymentsim          *daemon
 	workers                         []*daemon
 }
 
 // options change how startPipeline runs the daemons.
 type options struct {
+	env           []string // extra environment for every daemon
 	workers       int      // worker processes in the group; default 1
 	paymentsimEnv []string // extra environment for paymentsim
 	workerEnv     []string // extra environment for every worker
@@ -43,15 +45,22 @@ func startPipeline(t *testing.T, opts ...options) *pipeline {
 	apiAddr, payAddr, relayAdmin := testenv.FreeAddr(t), testenv.FreeAddr(t), testenv.FreeAddr(t)
 	p.apiURL, p.paymentURL = "http://"+apiAddr, "http://"+payAddr
 
-	startDaemon(t, "paymentsim", append([]string{"HTTP_ADDR=" + payAddr}, o.paymentsimEnv...), p.paymentURL+"/healthz")
-	startDaemon(t, "api", []string{"HTTP_ADDR=" + apiAddr, "DATABASE_URL=" + p.dbURL, "KAFKA_TOPIC_PREFIX=" + p.topicPrefix,
-		"REDIS_URL=" + testenv.RedisURL(), "CACHE_KEY_PREFIX=" + p.cachePrefix},
+	with := func(env []string, extra ...[]string) []string {
+		for _, e := range extra {
+			env = append(env, e...)
+		}
+		return env
+	}
+	p.paymentsim = startDaemon(t, "paymentsim", with([]string{"HTTP_ADDR=" + payAddr}, o.env, o.paymentsimEnv),
+		p.paymentURL+"/healthz")
+	p.api = startDaemon(t, "api", with([]string{"HTTP_ADDR=" + apiAddr, "DATABASE_URL=" + p.dbURL,
+		"KAFKA_TOPIC_PREFIX=" + p.topicPrefix, "REDIS_URL=" + testenv.RedisURL(), "CACHE_KEY_PREFIX=" + p.cachePrefix}, o.env),
 		p.apiURL+"/healthz")
-	startDaemon(t, "relay", []string{"ADMIN_ADDR=" + relayAdmin, "DATABASE_URL=" + p.dbURL, "KAFKA_BROKERS=" + p.brokers},
-		"http://"+relayAdmin+"/healthz")
+	p.relay = startDaemon(t, "relay", with([]string{"ADMIN_ADDR=" + relayAdmin, "DATABASE_URL=" + p.dbURL,
+		"KAFKA_BROKERS=" + p.brokers}, o.env), "http://"+relayAdmin+"/healthz")
 	group := "worker-" + testenv.ID()
 	for i := 0; i < max(o.workers, 1); i++ {
-		p.workers = append(p.workers, p.startWorker(group, o.workerEnv...))
+		p.workers = append(p.workers, p.startWorker(group, with(nil, o.env, o.workerEnv)...))
 	}
 	return p
 }
@@ -66,12 +75,15 @@ func (p *pipeline) startWorker(group string, env ...string) *daemon {
 		env...), "http://"+admin+"/healthz")
 }
 
-// create posts an order and returns its id.
-func (p *pipeline) create(t *testing.T, amount, currency string) int64 {
+// create posts an order, with the headers given as name, value pairs, and returns its id.
+func (p *pipeline) create(t *testing.T, amount, currency string, headers ...string) int64 {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodPost, p.apiURL+"/orders",
 		strings.NewReader(`{"customerId":"E2E","amount":`+amount+`,"currency":"`+currency+`"}`))
 	req.Header.Set("Content-Type", "application/json")
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
 	resp, body := do(t, req)
 	if resp.StatusCode != http.StatusCreated {
 		t.Fatalf("POST /orders = %d %s", resp.StatusCode, body)

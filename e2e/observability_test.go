@@ -155,43 +155,18 @@ type watched struct {
 	api, relay, worker, paymentsim *daemon
 }
 
-// startWatched starts the pipeline as startPipeline does, with env added to every
-// daemon, and keeps every daemon's handle.
+// startWatched starts the pipeline with env added to every daemon and keeps every
+// daemon's handle.
 func startWatched(t *testing.T, env ...string) *watched {
 	t.Helper()
-	p := &pipeline{t: t, dbURL: testenv.DatabaseURL(t), topicPrefix: testenv.TopicPrefix(t),
-		brokers: strings.Join(testenv.Brokers(), ",")}
-	p.cachePrefix = p.topicPrefix + "order:"
-	apiAddr, payAddr, relayAdmin := testenv.FreeAddr(t), testenv.FreeAddr(t), testenv.FreeAddr(t)
-	p.apiURL, p.paymentURL = "http://"+apiAddr, "http://"+payAddr
-	w := &watched{pipeline: p}
-	w.paymentsim = startDaemon(t, "paymentsim", append([]string{"HTTP_ADDR=" + payAddr}, env...), p.paymentURL+"/healthz")
-	w.api = startDaemon(t, "api", append([]string{"HTTP_ADDR=" + apiAddr, "DATABASE_URL=" + p.dbURL,
-		"KAFKA_TOPIC_PREFIX=" + p.topicPrefix, "REDIS_URL=" + testenv.RedisURL(), "CACHE_KEY_PREFIX=" + p.cachePrefix}, env...),
-		p.apiURL+"/healthz")
-	w.relay = startDaemon(t, "relay", append([]string{"ADMIN_ADDR=" + relayAdmin, "DATABASE_URL=" + p.dbURL,
-		"KAFKA_BROKERS=" + p.brokers, "RELAY_PRUNE_INTERVAL=200ms"}, env...), "http://"+relayAdmin+"/healthz")
-	w.worker = p.startWorker("worker-"+testenv.ID(), append(slices.Clone(fastRetries), env...)...)
-	return w
+	p := startPipeline(t, options{env: append(env, "RELAY_PRUNE_INTERVAL=200ms"), workerEnv: fastRetries})
+	return &watched{pipeline: p, api: p.api, relay: p.relay, worker: p.workers[0], paymentsim: p.paymentsim}
 }
 
 // post creates an order with the caller's traceparent and a correlation id.
 func (p *pipeline) post(t *testing.T, amount, correlationID string) int64 {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodPost, p.apiURL+"/orders",
-		strings.NewReader(`{"customerId":"OBS","amount":`+amount+`,"currency":"USD"}`))
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("traceparent", callerTraceparent)
-	req.Header.Set("X-Correlation-ID", correlationID)
-	resp, body := do(t, req)
-	if resp.StatusCode != http.StatusCreated {
-		t.Fatalf("POST /orders = %d %s", resp.StatusCode, body)
-	}
-	var o order
-	if err := json.Unmarshal(body, &o); err != nil {
-		t.Fatal(err)
-	}
-	return o.ID
+	return p.create(t, amount, "USD", "traceparent", callerTraceparent, "X-Correlation-ID", correlationID)
 }
 
 // readiness GETs /readyz and returns the status and the Readiness header.
