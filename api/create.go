@@ -51,34 +51,10 @@ func (s *Server) createOrder(w http.ResponseWriter, r *http.Request) {
 	// and the worker.
 	ctx, span := s.tracer.Start(ctx, "create order")
 	defer span.End()
-	var (
-		resp     orders.StoredResponse
-		replayed bool
-	)
-	err = s.store.InTx(ctx, func(tx *orders.Tx) error {
-		if key != "" {
-			stored, err := tx.ClaimKey(ctx, key, req.fingerprint(), s.cfg.IdempotencyTTL)
-			if err != nil || stored != nil {
-				if stored != nil {
-					resp, replayed = *stored, true
-				}
-				return err
-			}
-		}
-		o, err := tx.Create(ctx, req.CustomerID, req.Amount)
-		if err != nil {
-			return err
-		}
-		body, err := json.Marshal(toJSON(o))
-		if err != nil {
-			return err
-		}
-		resp = orders.StoredResponse{StatusCode: http.StatusCreated, Body: body, OrderID: o.ID}
-		if key != "" {
-			return tx.SaveResponse(ctx, key, resp)
-		}
-		return nil
-	})
+	resp, replayed, err := s.store.Create(ctx, orders.NewOrder{
+		CustomerID: req.CustomerID, Amount: req.Amount,
+		Key: key, Fingerprint: req.fingerprint(), KeyTTL: s.cfg.IdempotencyTTL,
+	}, func(o orders.Order) ([]byte, error) { return json.Marshal(toJSON(o)) })
 	if err != nil {
 		span.RecordError(err)
 		span.SetStatus(codes.Error, "create order")

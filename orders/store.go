@@ -1,7 +1,6 @@
 package orders
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
 	"errors"
@@ -9,9 +8,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill/message"
+
 	"github.com/orderpipe/orderpipe/events"
 	"github.com/orderpipe/orderpipe/internal/tracing"
-	"github.com/orderpipe/orderpipe/money"
 	"github.com/orderpipe/orderpipe/outbox"
 )
 
@@ -82,9 +82,18 @@ func (s *Store) InTx(ctx context.Context, fn func(*Tx) error) (err error) {
 }
 
 func (t *Tx) publish(ctx context.Context, e events.Event, at time.Time) error {
-	msg, err := events.NewMessage(e, at)
+	msg, err := newEventMessage(ctx, e, at)
 	if err != nil {
 		return err
+	}
+	return t.outbox.Publish(t.tx, e.Topic(), msg)
+}
+
+// newEventMessage wraps an event for the outbox with what ctx knows about its cause.
+func newEventMessage(ctx context.Context, e events.Event, at time.Time) (*message.Message, error) {
+	msg, err := events.NewMessage(e, at)
+	if err != nil {
+		return nil, err
 	}
 	if id := events.CorrelationID(ctx); id != "" {
 		msg.Metadata.Set(events.MetaCorrelationID, id)
@@ -92,22 +101,7 @@ func (t *Tx) publish(ctx context.Context, e events.Event, at time.Time) error {
 	// The span that caused the event (the API's create, the worker's processing) becomes
 	// the parent of the relay's and, through it, the consumer's spans: one trace.
 	tracing.Inject(ctx, msg.Metadata)
-	return t.outbox.Publish(t.tx, e.Topic(), msg)
-}
-
-// Create inserts a PENDING order and its OrderCreated event.
-func (t *Tx) Create(ctx context.Context, customerID string, amount money.Amount) (Order, error) {
-	o, err := scanOrder(t.tx.QueryRowContext(ctx,
-		`INSERT INTO orders (customer_id, amount_minor, currency) VALUES ($1, $2, $3) RETURNING `+orderColumns,
-		customerID, amount.Minor, amount.Currency))
-	if err != nil {
-		return Order{}, fmt.Errorf("insert order: %w", err)
-	}
-	err = t.publish(ctx, events.OrderCreated{
-		ID: o.ID, CustomerID: o.CustomerID, AmountMinor: o.Amount.Minor,
-		Currency: o.Amount.Currency, CreatedAt: o.CreatedAt,
-	}, o.CreatedAt)
-	return o, err
+	return msg, nil
 }
 
 // MarkPaid moves a PENDING order to PAID and records PaymentSucceeded.
@@ -168,62 +162,6 @@ func (t *Tx) MarkProcessed(ctx context.Context, handler, messageID string) (bool
 	}
 	n, err := res.RowsAffected()
 	return n == 1, err
-}
-
-// StoredResponse is the answer first given to a request with an idempotency key.
-type StoredResponse struct {
-	StatusCode int
-	Body       []byte
-	OrderID    int64
-}
-
-// ClaimKey claims an idempotency key for this transaction. It returns nil if the key is
-// new (or had expired): the caller does the work and calls SaveResponse. If the key was
-// used before with the same fingerprint, it returns the stored response; with another
-// fingerprint, ErrKeyReused. A concurrent claim of the same key waits on the key's
-// unique index until the first transaction ends, then sees its stored response.
-func (t *Tx) ClaimKey(ctx context.Context, key string, fingerprint []byte, ttl time.Duration) (*StoredResponse, error) {
-	res, err := t.tx.ExecContext(ctx,
-		`INSERT INTO idempotency_keys (key, request_hash, expires_at)
-		 VALUES ($1, $2, now() + make_interval(secs => $3))
-		 ON CONFLICT (key) DO UPDATE
-		   SET request_hash = excluded.request_hash, status_code = NULL, response_body = NULL,
-		       order_id = NULL, created_at = now(), expires_at = excluded.expires_at
-		   WHERE idempotency_keys.expires_at <= now()`,
-		key, fingerprint, ttl.Seconds())
-	if err != nil {
-		return nil, fmt.Errorf("claim idempotency key: %w", err)
-	}
-	if n, err := res.RowsAffected(); err != nil || n == 1 {
-		return nil, err
-	}
-	var (
-		stored StoredResponse
-		hash   []byte
-		order  sql.NullInt64
-	)
-	err = t.tx.QueryRowContext(ctx,
-		`SELECT request_hash, status_code, response_body, order_id FROM idempotency_keys WHERE key = $1`,
-		key).Scan(&hash, &stored.StatusCode, &stored.Body, &order)
-	if err != nil {
-		return nil, fmt.Errorf("read idempotency key: %w", err)
-	}
-	if !bytes.Equal(hash, fingerprint) {
-		return nil, ErrKeyReused
-	}
-	stored.OrderID = order.Int64
-	return &stored, nil
-}
-
-// SaveResponse stores the answer to the request that claimed key.
-func (t *Tx) SaveResponse(ctx context.Context, key string, r StoredResponse) error {
-	_, err := t.tx.ExecContext(ctx,
-		`UPDATE idempotency_keys SET status_code = $2, response_body = $3, order_id = $4 WHERE key = $1`,
-		key, r.StatusCode, r.Body, sql.NullInt64{Int64: r.OrderID, Valid: r.OrderID != 0})
-	if err != nil {
-		return fmt.Errorf("save idempotent response: %w", err)
-	}
-	return nil
 }
 
 // ListFilter selects orders for List. Zero fields do not filter.

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"errors"
+	"strconv"
 	"testing"
 	"time"
 
@@ -59,14 +60,17 @@ func newStore(t *testing.T) (*orders.Store, *sql.DB) {
 	return orders.NewStore(db, outbox.New("pre.")), db
 }
 
+// render is a response renderer for Create: the order's id.
+func render(o orders.Order) ([]byte, error) { return []byte(strconv.FormatInt(o.ID, 10)), nil }
+
 func create(t *testing.T, s *orders.Store) orders.Order {
 	t.Helper()
-	var o orders.Order
-	err := s.InTx(context.Background(), func(tx *orders.Tx) error {
-		var err error
-		o, err = tx.Create(context.Background(), "CUST001", money.Amount{Minor: 1999, Currency: "USD"})
-		return err
-	})
+	resp, _, err := s.Create(context.Background(), orders.NewOrder{CustomerID: "CUST001",
+		Amount: money.Amount{Minor: 1999, Currency: "USD"}}, render)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := s.Get(context.Background(), resp.OrderID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,12 +110,12 @@ func TestCreateWritesOrderAndEventTogether(t *testing.T) {
 func TestEventsCarryTheCorrelationID(t *testing.T) {
 	s, db := newStore(t)
 	ctx := events.WithCorrelationID(context.Background(), "corr-42")
-	err := s.InTx(ctx, func(tx *orders.Tx) error {
-		o, err := tx.Create(ctx, "CUST001", money.Amount{Minor: 1, Currency: "USD"})
-		if err != nil {
-			return err
-		}
-		_, err = tx.MarkPaid(ctx, o.ID, "pay_1")
+	resp, _, err := s.Create(ctx, orders.NewOrder{CustomerID: "CUST001", Amount: money.Amount{Minor: 1, Currency: "USD"}}, render)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.InTx(ctx, func(tx *orders.Tx) error {
+		_, err := tx.MarkPaid(ctx, resp.OrderID, "pay_1")
 		return err
 	})
 	if err != nil {
@@ -126,18 +130,20 @@ func TestEventsCarryTheCorrelationID(t *testing.T) {
 
 func TestFailedTransactionLeavesNothing(t *testing.T) {
 	s, db := newStore(t)
+	// The response cannot be rendered: the order, its event and the key are rolled back.
 	boom := errors.New("boom")
-	err := s.InTx(context.Background(), func(tx *orders.Tx) error {
-		if _, err := tx.Create(context.Background(), "CUST001", money.Amount{Minor: 1, Currency: "USD"}); err != nil {
-			return err
-		}
-		return boom
-	})
+	_, _, err := s.Create(context.Background(), orders.NewOrder{CustomerID: "CUST001",
+		Amount: money.Amount{Minor: 1, Currency: "USD"}, Key: "k", Fingerprint: []byte("f"), KeyTTL: time.Hour},
+		func(orders.Order) ([]byte, error) { return nil, boom })
 	if !errors.Is(err, boom) {
-		t.Fatalf("InTx = %v, want boom", err)
+		t.Fatalf("Create = %v, want boom", err)
 	}
-	if n, m := count(t, db, "orders"), count(t, db, "watermill_outbox"); n != 0 || m != 0 {
-		t.Errorf("after rollback: %d orders, %d outbox rows; want none", n, m)
+	if n, m, k := count(t, db, "orders"), count(t, db, "watermill_outbox"), count(t, db, "idempotency_keys"); n != 0 || m != 0 || k != 0 {
+		t.Errorf("after rollback: %d orders, %d outbox rows, %d keys; want none", n, m, k)
+	}
+	// The connection went back to the pool usable, outside any transaction.
+	if o := create(t, s); o.ID == 0 {
+		t.Error("no order created after a failed one")
 	}
 }
 
@@ -197,37 +203,33 @@ func TestMarkProcessedOnce(t *testing.T) {
 	}
 }
 
-func TestClaimKey(t *testing.T) {
+func TestCreateWithKey(t *testing.T) {
 	s, db := newStore(t)
 	ctx := context.Background()
-	claim := func(key, fp string, ttl time.Duration) (*orders.StoredResponse, error) {
-		var stored *orders.StoredResponse
-		err := s.InTx(ctx, func(tx *orders.Tx) error {
-			var err error
-			stored, err = tx.ClaimKey(ctx, key, []byte(fp), ttl)
-			if err != nil || stored != nil {
-				return err
-			}
-			return tx.SaveResponse(ctx, key, orders.StoredResponse{StatusCode: 201, Body: []byte(fp)})
-		})
-		return stored, err
+	create := func(key, fp string, ttl time.Duration) (orders.StoredResponse, bool, error) {
+		return s.Create(ctx, orders.NewOrder{CustomerID: "C", Amount: money.Amount{Minor: 100, Currency: "USD"},
+			Key: key, Fingerprint: []byte(fp), KeyTTL: ttl}, render)
 	}
 
-	if stored, err := claim("k1", "a", time.Hour); err != nil || stored != nil {
-		t.Fatalf("first claim = %v, %v; want a new claim", stored, err)
+	first, replayed, err := create("k1", "a", time.Hour)
+	if err != nil || replayed || first.StatusCode != 201 || string(first.Body) != "1" || first.OrderID != 1 {
+		t.Fatalf("first = %+v, %v, %v; want order 1, not replayed", first, replayed, err)
 	}
-	stored, err := claim("k1", "a", time.Hour)
-	if err != nil || stored == nil || stored.StatusCode != 201 || string(stored.Body) != "a" {
-		t.Fatalf("same request again = %+v, %v; want the stored 201 response", stored, err)
+	again, replayed, err := create("k1", "a", time.Hour)
+	if err != nil || !replayed || again.StatusCode != first.StatusCode || string(again.Body) != string(first.Body) || again.OrderID != 1 {
+		t.Fatalf("same request again = %+v, %v, %v; want the stored response, replayed", again, replayed, err)
 	}
-	if _, err := claim("k1", "b", time.Hour); !errors.Is(err, orders.ErrKeyReused) {
+	if _, _, err := create("k1", "b", time.Hour); !errors.Is(err, orders.ErrKeyReused) {
 		t.Errorf("other request with the key = %v, want ErrKeyReused", err)
+	}
+	if n, m := count(t, db, "orders"), count(t, db, "watermill_outbox"); n != 1 || m != 1 {
+		t.Errorf("%d orders, %d outbox rows; want 1 each: replays and reuse write nothing", n, m)
 	}
 
 	if _, err := db.Exec(`UPDATE idempotency_keys SET expires_at = now() - interval '1 second'`); err != nil {
 		t.Fatal(err)
 	}
-	if stored, err := claim("k1", "b", time.Hour); err != nil || stored != nil {
-		t.Errorf("claim of an expired key = %v, %v; want a new claim", stored, err)
+	if resp, replayed, err := create("k1", "b", time.Hour); err != nil || replayed || resp.OrderID != 2 {
+		t.Errorf("create over an expired key = %+v, %v, %v; want a new order 2", resp, replayed, err)
 	}
 }

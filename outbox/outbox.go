@@ -37,13 +37,40 @@ func New(topicPrefix string) *Outbox {
 // Publish adds the messages to tx, each bound for Kafka topic (before the prefix). They
 // become visible to the relay only if tx commits.
 func (o *Outbox) Publish(tx *sql.Tx, topic string, msgs ...*message.Message) error {
-	pub, err := wsql.NewPublisher(tx, wsql.PublisherConfig{SchemaAdapter: SchemaAdapter}, nil)
+	query, args, err := o.InsertQuery(topic, msgs...)
 	if err != nil {
-		return fmt.Errorf("outbox publisher: %w", err)
+		return err
 	}
-	fwd := forwarder.NewPublisher(pub, forwarder.PublisherConfig{ForwarderTopic: Topic})
-	if err := fwd.Publish(o.topicPrefix+topic, msgs...); err != nil {
-		return fmt.Errorf("outbox publish to %s: %w", topic, err)
+	if _, err := tx.Exec(query, args...); err != nil {
+		return fmt.Errorf("outbox insert: %w", err)
 	}
 	return nil
 }
+
+// InsertQuery returns the statement that adds msgs, bound for Kafka topic (before the
+// prefix), to the outbox: Watermill's forwarder envelope and watermill-sql's insert for
+// the outbox table, for a caller that runs the statement itself (the api pipelines it).
+func (o *Outbox) InsertQuery(topic string, msgs ...*message.Message) (string, []any, error) {
+	var enveloped []*message.Message
+	capture := capturePublisher(func(_ string, m ...*message.Message) error {
+		enveloped = append(enveloped, m...)
+		return nil
+	})
+	fwd := forwarder.NewPublisher(capture, forwarder.PublisherConfig{ForwarderTopic: Topic})
+	if err := fwd.Publish(o.topicPrefix+topic, msgs...); err != nil {
+		return "", nil, fmt.Errorf("outbox envelope for %s: %w", topic, err)
+	}
+	q, err := SchemaAdapter.InsertQuery(Topic, enveloped)
+	if err != nil {
+		return "", nil, fmt.Errorf("outbox insert for %s: %w", topic, err)
+	}
+	return q.Query, q.Args, nil
+}
+
+// capturePublisher hands what is published to a function instead of sending it.
+type capturePublisher func(topic string, msgs ...*message.Message) error
+
+func (f capturePublisher) Publish(topic string, msgs ...*message.Message) error {
+	return f(topic, msgs...)
+}
+func (capturePublisher) Close() error { return nil }

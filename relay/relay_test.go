@@ -28,10 +28,8 @@ func TestForwardsOutboxToKafka(t *testing.T) {
 	store := orders.NewStore(db, outbox.New(prefix))
 	const n = 20
 	for i := 0; i < n; i++ {
-		err := store.InTx(context.Background(), func(tx *orders.Tx) error {
-			_, err := tx.Create(context.Background(), "C"+strconv.Itoa(i), money.Amount{Minor: int64(100 + i), Currency: "EUR"})
-			return err
-		})
+		_, _, err := store.Create(context.Background(), orders.NewOrder{CustomerID: "C" + strconv.Itoa(i),
+			Amount: money.Amount{Minor: int64(100 + i), Currency: "EUR"}}, func(orders.Order) ([]byte, error) { return nil, nil })
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -57,11 +57,12 @@ func newFixture(t *testing.T, provider http.Handler) *fixture {
 // order creates an order and returns the message its OrderCreated event travels in.
 func (f *fixture) order(t *testing.T) (orders.Order, *message.Message) {
 	t.Helper()
-	var o orders.Order
-	err := f.store.InTx(context.Background(), func(tx *orders.Tx) (err error) {
-		o, err = tx.Create(context.Background(), "CUST001", money.Amount{Minor: 20000, Currency: "USD"})
-		return err
-	})
+	resp, _, err := f.store.Create(context.Background(), orders.NewOrder{CustomerID: "CUST001",
+		Amount: money.Amount{Minor: 20000, Currency: "USD"}}, func(orders.Order) ([]byte, error) { return nil, nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := f.store.Get(context.Background(), resp.OrderID)
 	if err != nil {
 		t.Fatal(err)
 	}
