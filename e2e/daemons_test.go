@@ -68,6 +68,8 @@ func startDaemon(t *testing.T, bin string, env []string, healthURL string) *daem
 		d.adminURL = u.Scheme + "://" + u.Host
 	}
 	d.cmd = exec.Command(filepath.Join(binDir, bin))
+	// Killed with the test binary even if it crashes before t.Cleanup runs.
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	d.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "LOG_LEVEL=debug"}, env...)
 	d.cmd.Stdout, d.cmd.Stderr = syncWriter{d.log}, syncWriter{d.log}
 	if err := d.cmd.Start(); err != nil {

@@ -54,8 +54,19 @@ func PrivateStack(t testing.TB, services ...string) *Stack {
 		"KAFKA_PORT="+s.kfk,
 		"KAFKA_CONTROLLER_PORT="+port(t),
 	)
+	// The services are detached (stack.sh starts them in the background), so a test
+	// binary that crashes would skip t.Cleanup and leave them running. A watchdog
+	// process stops them by their pid files once this process is gone.
+	watchdog := exec.Command("sh", "-c", `while kill -0 "$1" 2>/dev/null; do sleep 1; done; "$2" down; rm -rf "$3"`,
+		"watchdog", strconv.Itoa(os.Getpid()), filepath.Join(repoRoot(), "stack", "stack.sh"), dir)
+	watchdog.Env = s.env
+	if err := watchdog.Start(); err != nil {
+		t.Fatalf("start the stack's watchdog: %v", err)
+	}
 	t.Cleanup(func() {
 		s.run("down")
+		watchdog.Process.Kill()
+		watchdog.Wait()
 		if pg, err := filepath.EvalSymlinks(filepath.Join(dir, "postgres")); err == nil && pg != filepath.Join(dir, "postgres") {
 			os.RemoveAll(pg) // the data dir lives in /tmp when the postgres user cannot reach dir
 		}
@@ -144,6 +155,8 @@ func StartRedis(t testing.TB, addr string) *Redis {
 	t.Helper()
 	host, p, _ := strings.Cut(addr, ":")
 	cmd := exec.Command("redis-server", "--bind", host, "--port", p, "--save", "", "--appendonly", "no")
+	// Killed with this process even if it crashes before t.Cleanup runs.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start redis-server (make up installs it): %v", err)
 	}
