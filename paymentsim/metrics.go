@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/go-chi/chi/v5/middleware"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -55,31 +56,8 @@ func (m *metrics) handler() http.Handler {
 func (m *metrics) instrument(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		cw := &codeWriter{ResponseWriter: w}
-		next.ServeHTTP(cw, r)
-		m.requests.WithLabelValues(route(r), r.Method, strconv.Itoa(cw.code)).Observe(time.Since(start).Seconds())
+		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor) // keeps Hijack for hangUp
+		next.ServeHTTP(ww, r)
+		m.requests.WithLabelValues(route(r), r.Method, strconv.Itoa(ww.Status())).Observe(time.Since(start).Seconds())
 	})
 }
-
-// codeWriter remembers the status code; Unwrap lets http.ResponseController reach the
-// connection for hangUp.
-type codeWriter struct {
-	http.ResponseWriter
-	code int
-}
-
-func (w *codeWriter) WriteHeader(code int) {
-	if w.code == 0 {
-		w.code = code
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *codeWriter) Write(b []byte) (int, error) {
-	if w.code == 0 {
-		w.code = http.StatusOK
-	}
-	return w.ResponseWriter.Write(b)
-}
-
-func (w *codeWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"strconv"
 
+	"github.com/go-chi/chi/v5/middleware"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
@@ -42,47 +43,22 @@ func Middleware(tp trace.TracerProvider, route func(*http.Request) string) func(
 				next.ServeHTTP(w, r)
 				return
 			}
-			sw := &statusWriter{ResponseWriter: w}
-			next.ServeHTTP(sw, r)
+			// chi's wrapper keeps Hijack and Unwrap (paymentsim hijacks to simulate resets).
+			ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
+			next.ServeHTTP(ww, r)
+			status := ww.Status()
+			if status == 0 { // nothing written: net/http answers 200
+				status = http.StatusOK
+			}
 			name := route(r)
 			span.SetName(r.Method + " " + name)
 			span.SetAttributes(semconv.HTTPRequestMethodKey.String(r.Method), semconv.HTTPRoute(name),
-				semconv.URLPath(r.URL.Path), semconv.HTTPResponseStatusCode(sw.status()))
-			if sw.status() >= 500 {
-				span.SetStatus(codes.Error, strconv.Itoa(sw.status()))
+				semconv.URLPath(r.URL.Path), semconv.HTTPResponseStatusCode(status))
+			if status >= 500 {
+				span.SetStatus(codes.Error, strconv.Itoa(status))
 			}
 		})
 	}
-}
-
-// statusWriter remembers the status code. Unwrap lets http.ResponseController reach
-// the connection (paymentsim hijacks it to simulate resets).
-type statusWriter struct {
-	http.ResponseWriter
-	code int
-}
-
-func (w *statusWriter) WriteHeader(code int) {
-	if w.code == 0 {
-		w.code = code
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *statusWriter) Write(b []byte) (int, error) {
-	if w.code == 0 {
-		w.code = http.StatusOK
-	}
-	return w.ResponseWriter.Write(b)
-}
-
-func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
-func (w *statusWriter) status() int {
-	if w.code == 0 {
-		return http.StatusOK
-	}
-	return w.code
 }
 
 // Transport returns a RoundTripper that starts a client span per request, named
