@@ -6,96 +6,50 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"log/slog"
-	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/orderpipe/orderpipe/api"
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/orderpipe/orderpipe/internal/envconf"
+	"github.com/orderpipe/orderpipe/internal/loadgen"
 	"github.com/orderpipe/orderpipe/internal/testenv"
-	"github.com/orderpipe/orderpipe/orders"
-	"github.com/orderpipe/orderpipe/outbox"
-	"github.com/orderpipe/orderpipe/paymentsim"
-	"github.com/orderpipe/orderpipe/relay"
-	"github.com/orderpipe/orderpipe/worker"
 )
 
-// inProcessPipeline runs api, relay, worker and paymentsim in this process on the real
-// stack, with a topic prefix of its own, and returns the api URL and the prefix.
-func inProcessPipeline(t *testing.T) (apiURL, prefix string) {
-	t.Helper()
-	db := testenv.DB(t)
-	prefix = testenv.TopicPrefix(t)
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	store := orders.NewStore(db, outbox.New(prefix))
-	apiSrv := httptest.NewServer(api.New(store, db, quiet, api.Config{}))
-	t.Cleanup(apiSrv.Close)
-	sim, err := paymentsim.New(paymentsim.Config{}, quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	simSrv := httptest.NewServer(sim)
-	t.Cleanup(simSrv.Close)
-	r, err := relay.New(db, relay.Config{Brokers: testenv.Brokers()}, quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := worker.New(store, worker.Config{Brokers: testenv.Brokers(), TopicPrefix: prefix,
-		ConsumerGroup: "load-" + testenv.ID(), PaymentURL: simSrv.URL}, quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{}, 2)
-	go func() { r.Run(ctx); done <- struct{}{} }()
-	go func() { w.Run(ctx); done <- struct{}{} }()
-	t.Cleanup(func() { cancel(); <-done; <-done })
-	<-w.Running()
-	return apiSrv.URL, prefix
-}
+// The load itself is tested in internal/loadgen; here, the command line around it.
 
-func TestLoad(t *testing.T) {
-	apiURL, prefix := inProcessPipeline(t)
-	env := envconf.Map(map[string]string{"API_URL": apiURL, "KAFKA_TOPIC_PREFIX": prefix,
-		"KAFKA_BROKERS": strings.Join(testenv.Brokers(), ",")})
-	// The topics must exist before the load's watcher attaches at their end.
-	warm := loadConfig{apiURL: apiURL, brokers: testenv.Brokers(), topicPrefix: prefix, orders: 1, concurrency: 1,
-		currency: "USD", settle: 30 * time.Second}
-	for {
-		if _, err := load(context.Background(), warm, io.Discard); err == nil {
-			break
-		} else if !strings.Contains(err.Error(), "topic") && !strings.Contains(err.Error(), "consume") {
-			t.Fatal(err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-
-	for _, mode := range [][]string{{"--concurrency", "4"}, {"--rate", "100"}} {
-		t.Run(mode[0], func(t *testing.T) {
-			var stdout, stderr bytes.Buffer
-			args := append([]string{"--orders", "60", "--declines", "0.25", "--json", "-"}, mode...)
-			if err := runLoad(context.Background(), args, env, &stdout, &stderr); err != nil {
-				t.Fatalf("load: %v\n%s", err, stderr.String())
+func TestParseLoad(t *testing.T) {
+	env := envconf.Map(map[string]string{"API_URL": "http://api:8080", "KAFKA_BROKERS": "k1:9092,k2:9092",
+		"KAFKA_TOPIC_PREFIX": "staging."})
+	for _, tc := range []struct {
+		name string
+		args []string
+		want loadFlags
+	}{
+		{
+			name: "defaults",
+			want: loadFlags{cfg: loadgen.Config{APIURL: "http://api:8080", Brokers: []string{"k1:9092", "k2:9092"},
+				TopicPrefix: "staging.", Concurrency: 8, Duration: 30 * time.Second, Currency: "USD", Settle: 30 * time.Second}},
+		},
+		{
+			name: "open loop with a count",
+			args: []string{"--api", "http://other", "--rate", "250", "--orders", "1000", "--declines", "0.1",
+				"--currency", "EUR", "--settle", "5s", "--json", "out.json"},
+			want: loadFlags{jsonOut: "out.json", cfg: loadgen.Config{APIURL: "http://other", Brokers: []string{"k1:9092", "k2:9092"},
+				TopicPrefix: "staging.", Rate: 250, Concurrency: 8, Orders: 1000, Declines: 0.1, Currency: "EUR",
+				Settle: 5 * time.Second}},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := parseLoad(tc.args, env, io.Discard)
+			if err != nil {
+				t.Fatal(err)
 			}
-			out := stdout.String()
-			var r loadReport
-			if err := json.Unmarshal([]byte(out[strings.Index(out, "{"):]), &r); err != nil {
-				t.Fatalf("--json report: %v\n%s", err, out)
-			}
-			if r.Sent != 60 || r.Created != 60 || len(r.Errors) != 0 {
-				t.Errorf("sent %d, created %d, errors %v; want 60, 60, none", r.Sent, r.Created, r.Errors)
-			}
-			if r.FinalStatus["PAID"]+r.FinalStatus["PAYMENT_FAILED"] != 60 || r.FinalStatus["PAYMENT_FAILED"] != 15 {
-				t.Errorf("final status %v, want 60 final of which 15 declined (25%%)", r.FinalStatus)
-			}
-			if r.PostMs.N != 60 || r.CreateToFinalMs.N != 60 || r.CreateToFinalMs.P50 <= 0 || r.OutboxToKafkaMs.N != 60 {
-				t.Errorf("percentiles: POST %+v, create→terminal %+v, outbox→Kafka %+v; want 60 samples each",
-					r.PostMs, r.CreateToFinalMs, r.OutboxToKafkaMs)
-			}
-			if !strings.Contains(out, "create → terminal") {
-				t.Errorf("human report missing:\n%s", out)
+			if diff := cmp.Diff(tc.want, got, cmp.AllowUnexported(loadFlags{})); diff != "" {
+				t.Errorf("parseLoad(%q) mismatch (-want +got):\n%s", tc.args, diff)
 			}
 		})
 	}
@@ -115,5 +69,43 @@ func TestLoadRejects(t *testing.T) {
 	err := runLoad(context.Background(), []string{"--orders", "1"}, env, io.Discard, io.Discard)
 	if err == nil {
 		t.Error("load against a dead api = nil, want an error")
+	}
+}
+
+func TestWriteReport(t *testing.T) {
+	r := loadgen.Report{Sent: 3, Created: 3, DurationS: 1, RatePerS: 3, FinalStatus: map[string]int64{"PAID": 3},
+		CreateToFinalMs: loadgen.Percentiles{N: 3, P50: 12, P99: 20}, Backlog: []loadgen.BacklogSample{{AtS: 1, Created: 3, Terminal: 3}}}
+	file := filepath.Join(t.TempDir(), "report.json")
+	for _, jsonOut := range []string{"", "-", file} {
+		var stdout bytes.Buffer
+		if err := writeReport(&stdout, r, jsonOut); err != nil {
+			t.Fatalf("json %q: %v", jsonOut, err)
+		}
+		out := stdout.String()
+		if !strings.Contains(out, "create → terminal") {
+			t.Errorf("json %q: human report missing:\n%s", jsonOut, out)
+		}
+		var data []byte
+		switch jsonOut {
+		case "":
+			if strings.Contains(out, "{") {
+				t.Errorf("no --json, but JSON printed:\n%s", out)
+			}
+			continue
+		case "-":
+			data = []byte(out[strings.Index(out, "{"):])
+		default:
+			var err error
+			if data, err = os.ReadFile(file); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var got loadgen.Report
+		if err := json.Unmarshal(data, &got); err != nil {
+			t.Fatalf("json %q: %v\n%s", jsonOut, err, data)
+		}
+		if diff := cmp.Diff(r, got); diff != "" {
+			t.Errorf("json %q: report mismatch (-want +got):\n%s", jsonOut, diff)
+		}
 	}
 }
