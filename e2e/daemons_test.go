@@ -51,11 +51,13 @@ func buildAndRun(m *testing.M) int {
 
 // daemon is one of our binaries running as a real process.
 type daemon struct {
-	name     string
-	adminURL string // base URL of its health/metrics endpoints
-	cmd      *exec.Cmd
-	log      *bytes.Buffer
-	done     chan struct{}
+	name      string
+	adminURL  string // base URL of its health/metrics endpoints
+	env       []string
+	healthURL string
+	cmd       *exec.Cmd
+	log       *bytes.Buffer
+	done      chan struct{}
 }
 
 // startDaemon runs bin with env (added to a minimal environment) and waits until
@@ -63,7 +65,7 @@ type daemon struct {
 // ends; its output is printed if the test failed.
 func startDaemon(t *testing.T, bin string, env []string, healthURL string) *daemon {
 	t.Helper()
-	d := &daemon{name: bin, log: &bytes.Buffer{}, done: make(chan struct{})}
+	d := &daemon{name: bin, env: env, healthURL: healthURL, log: &bytes.Buffer{}, done: make(chan struct{})}
 	if u, err := url.Parse(healthURL); err == nil {
 		d.adminURL = u.Scheme + "://" + u.Host
 	}
@@ -96,6 +98,31 @@ func startDaemon(t *testing.T, bin string, env []string, healthURL string) *daem
 			t.Fatalf("%s not healthy at %s after 60s\n%s", bin, healthURL, d.output())
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// restart starts the same binary again with the same environment (and so the same
+// ports) after it stopped or was killed.
+func (d *daemon) restart(t *testing.T) *daemon {
+	t.Helper()
+	return startDaemon(t, d.name, d.env, d.healthURL)
+}
+
+// signal sends sig to the process; kill also waits until it is gone.
+func (d *daemon) signal(sig syscall.Signal) { d.cmd.Process.Signal(sig) }
+
+func (d *daemon) kill() {
+	d.cmd.Process.Kill()
+	<-d.done
+}
+
+// exited reports whether the process has ended.
+func (d *daemon) exited() bool {
+	select {
+	case <-d.done:
+		return true
+	default:
+		return false
 	}
 }
 

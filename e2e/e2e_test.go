@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -21,16 +22,21 @@ type pipeline struct {
 	t                               *testing.T
 	apiURL, paymentURL, topicPrefix string
 	dbURL, brokers, cachePrefix     string
+	redisURL, ledgerPath            string
 	api, relay, paymentsim          *daemon
 	workers                         []*daemon
+	workerGroup                     string
+	workerEnv                       []string // extra environment of the workers, for startWorker
 }
 
 // options change how startPipeline runs the daemons.
 type options struct {
-	env           []string // extra environment for every daemon
-	workers       int      // worker processes in the group; default 1
-	paymentsimEnv []string // extra environment for paymentsim
-	workerEnv     []string // extra environment for every worker
+	env           []string       // extra environment for every daemon
+	workers       int            // worker processes in the group; default 1
+	paymentsimEnv []string       // extra environment for paymentsim
+	workerEnv     []string       // extra environment for every worker
+	stack         *testenv.Stack // private Postgres and/or Kafka instead of the shared ones
+	redisURL      string         // a private Redis instead of the shared one
 }
 
 func startPipeline(t *testing.T, opts ...options) *pipeline {
@@ -39,8 +45,18 @@ func startPipeline(t *testing.T, opts ...options) *pipeline {
 	if len(opts) > 0 {
 		o = opts[0]
 	}
-	p := &pipeline{t: t, dbURL: testenv.DatabaseURL(t), topicPrefix: testenv.TopicPrefix(t),
-		brokers: strings.Join(testenv.Brokers(), ",")}
+	p := &pipeline{t: t, topicPrefix: testenv.TopicPrefix(t), redisURL: testenv.RedisURL(),
+		ledgerPath: filepath.Join(t.TempDir(), "ledger.jsonl")}
+	p.dbURL, p.brokers = testenv.DatabaseURL(t), strings.Join(testenv.Brokers(), ",")
+	if o.stack != nil && o.stack.Has("postgres") {
+		p.dbURL = o.stack.DatabaseURL()
+	}
+	if o.stack != nil && o.stack.Has("kafka") {
+		p.brokers = strings.Join(o.stack.Brokers(), ",")
+	}
+	if o.redisURL != "" {
+		p.redisURL = o.redisURL
+	}
 	p.cachePrefix = p.topicPrefix + "order:"
 	apiAddr, payAddr, relayAdmin := testenv.FreeAddr(t), testenv.FreeAddr(t), testenv.FreeAddr(t)
 	p.apiURL, p.paymentURL = "http://"+apiAddr, "http://"+payAddr
@@ -51,16 +67,17 @@ func startPipeline(t *testing.T, opts ...options) *pipeline {
 		}
 		return env
 	}
-	p.paymentsim = startDaemon(t, "paymentsim", with([]string{"HTTP_ADDR=" + payAddr}, o.env, o.paymentsimEnv),
+	p.paymentsim = startDaemon(t, "paymentsim", with([]string{"HTTP_ADDR=" + payAddr, "PAYMENTSIM_LEDGER=" + p.ledgerPath},
+		o.env, o.paymentsimEnv),
 		p.paymentURL+"/healthz")
 	p.api = startDaemon(t, "api", with([]string{"HTTP_ADDR=" + apiAddr, "DATABASE_URL=" + p.dbURL,
-		"KAFKA_TOPIC_PREFIX=" + p.topicPrefix, "REDIS_URL=" + testenv.RedisURL(), "CACHE_KEY_PREFIX=" + p.cachePrefix}, o.env),
+		"KAFKA_TOPIC_PREFIX=" + p.topicPrefix, "REDIS_URL=" + p.redisURL, "CACHE_KEY_PREFIX=" + p.cachePrefix}, o.env),
 		p.apiURL+"/healthz")
 	p.relay = startDaemon(t, "relay", with([]string{"ADMIN_ADDR=" + relayAdmin, "DATABASE_URL=" + p.dbURL,
 		"KAFKA_BROKERS=" + p.brokers}, o.env), "http://"+relayAdmin+"/healthz")
-	group := "worker-" + testenv.ID()
+	p.workerGroup, p.workerEnv = "worker-"+testenv.ID(), with(nil, o.env, o.workerEnv)
 	for i := 0; i < max(o.workers, 1); i++ {
-		p.workers = append(p.workers, p.startWorker(group, with(nil, o.env, o.workerEnv)...))
+		p.workers = append(p.workers, p.startWorker(p.workerGroup, p.workerEnv...))
 	}
 	return p
 }
@@ -71,7 +88,7 @@ func (p *pipeline) startWorker(group string, env ...string) *daemon {
 	admin := testenv.FreeAddr(p.t)
 	return startDaemon(p.t, "worker", append([]string{"ADMIN_ADDR=" + admin, "DATABASE_URL=" + p.dbURL,
 		"KAFKA_BROKERS=" + p.brokers, "KAFKA_TOPIC_PREFIX=" + p.topicPrefix, "WORKER_GROUP=" + group,
-		"PAYMENT_URL=" + p.paymentURL, "REDIS_URL=" + testenv.RedisURL(), "CACHE_KEY_PREFIX=" + p.cachePrefix},
+		"PAYMENT_URL=" + p.paymentURL, "REDIS_URL=" + p.redisURL, "CACHE_KEY_PREFIX=" + p.cachePrefix},
 		env...), "http://"+admin+"/healthz")
 }
 

@@ -8,8 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
+	"os"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -55,6 +58,10 @@ type Config struct {
 	// TracerProvider starts the consumer span of each delivery and the client span of
 	// each payment call; nil means tracing is off (trace context is still passed on).
 	TracerProvider trace.TracerProvider
+	// CrashAfterCharge is a failpoint for fault tests (WORKER_FAILPOINT_CRASH_AFTER_CHARGE):
+	// the probability, 0 to 1, that the process kills itself (SIGKILL) after a payment
+	// was charged and before its outcome commits, the worst moment to die. 0 in production.
+	CrashAfterCharge float64
 }
 
 func (c *Config) setDefaults() {
@@ -97,6 +104,7 @@ type Worker struct {
 	cache    *orders.Cache
 	payments *PaymentClient
 	logger   *slog.Logger
+	crash    float64 // Config.CrashAfterCharge
 }
 
 // New returns a worker writing through store.
@@ -118,6 +126,7 @@ func New(store *orders.Store, cfg Config, logger *slog.Logger) (*Worker, error) 
 			Timeout: cfg.PaymentTimeout, Transport: tracing.Transport(cfg.TracerProvider, nil),
 		}},
 		logger: logger,
+		crash:  cfg.CrashAfterCharge,
 	}
 
 	sub, err := kafka.NewSubscriber(kafka.SubscriberConfig{
@@ -207,6 +216,11 @@ func (w *Worker) pay(ctx context.Context, msgID string, e events.OrderCreated) e
 	charge, err := w.payments.Charge(ctx, "order-"+strconv.FormatInt(o.ID, 10), o.ID, o.Amount.Minor, o.Amount.Currency)
 	if err != nil {
 		return err
+	}
+	if w.crash > 0 && rand.Float64() < w.crash {
+		w.logger.ErrorContext(ctx, "failpoint crash_after_charge: killing the process", "order_id", o.ID, "payment_id", charge.ID)
+		syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {} // the signal is delivered asynchronously; commit nothing meanwhile
 	}
 	var changed orders.Order
 	err = w.store.InTx(ctx, func(tx *orders.Tx) error {

@@ -36,6 +36,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	databaseURL := env.String("DATABASE_URL", "postgres://orderuser:secret@localhost:5432/orderdb?sslmode=disable")
 	redisURL := env.String("REDIS_URL", "redis://localhost:6379/0")
 	cacheKeyPrefix := env.String("CACHE_KEY_PREFIX", "order:")
+	debugAddr := env.String("DEBUG_ADDR", "")
 	adminAddr := env.String("ADMIN_ADDR", ":9103")
 	cfg := worker.Config{
 		Brokers:          kafkaconf.Brokers(env.String("KAFKA_BROKERS", "localhost:9092")),
@@ -47,6 +48,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		RetryInterval:    env.Duration("WORKER_RETRY_INTERVAL", 0),
 		RetryMaxInterval: env.Duration("WORKER_RETRY_MAX_INTERVAL", 0),
 		HandlerTimeout:   env.Duration("WORKER_HANDLER_TIMEOUT", 0),
+		CrashAfterCharge: env.Float("WORKER_FAILPOINT_CRASH_AFTER_CHARGE", 0, 0, 1),
 	}
 	logger := envconf.Logger(stdout, env.Level("LOG_LEVEL", 0), "worker")
 	if err := env.Err(); err != nil {
@@ -96,5 +98,9 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		{Name: "redis", Optional: true, Probe: cache.Ping},
 	}
 	g.Go(func() error { return admin.Serve(ctx, adminAddr, reg, checks, logger) })
+	if debugAddr != "" {
+		g.Go(func() error { return admin.ServeDebug(ctx, debugAddr, logger) })
+		logger.Info("pprof listening", "debug_addr", debugAddr)
+	}
 	return g.Wait()
 }

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -19,11 +20,12 @@ import (
 // kill and restart without disturbing other tests, started by stack/stack.sh on free
 // ports with its state in a temporary directory.
 type Stack struct {
-	t   testing.TB
-	dir string
-	env []string
-	pg  string // port
-	kfk string // port
+	t        testing.TB
+	dir      string
+	env      []string
+	pg       string // port
+	kfk      string // port
+	services []string
 }
 
 // repoRoot is the repository's top directory.
@@ -46,7 +48,7 @@ func PrivateStack(t testing.TB, services ...string) *Stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &Stack{t: t, dir: dir, pg: port(t), kfk: port(t)}
+	s := &Stack{t: t, dir: dir, pg: port(t), kfk: port(t), services: services}
 	s.env = append(os.Environ(),
 		"STACK_DIR="+dir,
 		"KAFKA_LIBS_DIR="+filepath.Join(repoRoot(), ".stack", "kafka"),
@@ -132,6 +134,9 @@ func (s *Stack) Crash(service string) {
 		})
 	}
 }
+
+// Has reports whether the stack runs service.
+func (s *Stack) Has(service string) bool { return slices.Contains(s.services, service) }
 
 // Brokers is the private Kafka's address.
 func (s *Stack) Brokers() []string { return []string{"127.0.0.1:" + s.kfk} }

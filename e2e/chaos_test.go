@@ -1,0 +1,496 @@
+package e2e
+
+// The fault-injection suite (make chaos runs it at full size, make test shortened): each
+// scenario runs the four daemons as processes under traffic, injects its faults, and
+// then the checker (chaos_check_test.go) proves I1-I7 and prints the figures.
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/IBM/sarama"
+
+	"github.com/orderpipe/orderpipe/events"
+	"github.com/orderpipe/orderpipe/internal/postgres"
+	"github.com/orderpipe/orderpipe/internal/testenv"
+	"github.com/orderpipe/orderpipe/kafkaconf"
+	"github.com/orderpipe/orderpipe/outbox"
+)
+
+// openDB opens the pipeline's database for the test itself.
+func (p *pipeline) openDB(t *testing.T) *sql.DB {
+	t.Helper()
+	db, err := postgres.Open(context.Background(), p.dbURL, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+// whileSending injects fault again and again, pause() apart, until the clients are done.
+func whileSending(tr *traffic, pause func() time.Duration, fault func()) {
+	for {
+		select {
+		case <-tr.sent:
+			return
+		case <-time.After(pause()):
+		}
+		select {
+		case <-tr.sent:
+			return
+		default:
+			fault()
+		}
+	}
+}
+
+// between returns a pause drawn uniformly from [lo, hi).
+func between(lo, hi time.Duration) func() time.Duration {
+	return func() time.Duration { return lo + rand.N(hi-lo) }
+}
+
+// someDeclines makes every tenth order one the payment simulator declines.
+func someDeclines(i int) string {
+	if i%10 == 0 {
+		return "20.51"
+	}
+	return "20"
+}
+
+// answersOnly fails the test if any answer the clients got was not 201 or accepted by ok.
+func answersOnly(t *testing.T, tr *traffic, ok func(answer) bool) {
+	t.Helper()
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	bad := 0
+	for _, r := range tr.reqs {
+		for _, a := range r.answers {
+			if a.status != http.StatusCreated && (ok == nil || !ok(a)) {
+				if bad++; bad <= 10 {
+					t.Errorf("key %s: answer %d %q after %s (%.200s)", r.key, a.status, a.contentType, a.took, a.body)
+				}
+			}
+		}
+	}
+	if bad > 10 {
+		t.Errorf("... %d unexpected answers in all", bad)
+	}
+}
+
+// Scenario 1: the relay killed -9 at random every 0-2 s during 10,000 orders.
+func TestChaosRelayKilled(t *testing.T) {
+	p := startPipeline(t, options{workers: 2, env: []string{"LOG_LEVEL=info"}})
+	pr := watchProgress(t, p.openDB(t))
+	tr := startTraffic(p, trafficSpec{clients: 16, orders: size(2000, 10000), amount: someDeclines, readers: 2})
+	var faults faultLog
+	whileSending(tr, between(0, 2*time.Second), func() {
+		p.relay.kill()
+		p.relay = p.relay.restart(t)
+		faults.ended()
+	})
+	tr.wait()
+	p.check(t, tr, &faults, pr, checkOptions{})
+}
+
+// Scenario 2: workers killed -9 and SIGTERMed again and again, 2-3 workers in one group
+// (every stop and start is a rebalance).
+func TestChaosWorkersKilled(t *testing.T) {
+	p := startPipeline(t, options{workers: size(2, 3), env: []string{"LOG_LEVEL=info"}})
+	pr := watchProgress(t, p.openDB(t))
+	tr := startTraffic(p, trafficSpec{clients: 8, orders: size(1000, 4000), pause: 5 * time.Millisecond,
+		amount: someDeclines, readers: 2})
+	var faults faultLog
+	whileSending(tr, between(time.Second, 3*time.Second), func() {
+		i := rand.IntN(len(p.workers))
+		if faults.n%2 == 0 {
+			p.workers[i].kill()
+		} else {
+			p.workers[i].stop() // SIGTERM: finish the message in hand, leave the group
+		}
+		p.workers[i] = p.workers[i].restart(t)
+		faults.ended()
+	})
+	tr.wait()
+	p.check(t, tr, &faults, pr, checkOptions{})
+}
+
+// Scenario 3: a worker dies after the payment was charged and before its outcome
+// commits (the worker's failpoint); its successor charges again with the same
+// idempotency key and gets the same charge back. No double charge.
+func TestChaosWorkerCrashesAfterCharge(t *testing.T) {
+	p := startPipeline(t, options{workers: 2, env: []string{"LOG_LEVEL=info"},
+		workerEnv: []string{"WORKER_FAILPOINT_CRASH_AFTER_CHARGE=0.02"}})
+	db := p.openDB(t)
+	pr := watchProgress(t, db)
+	tr := startTraffic(p, trafficSpec{clients: 4, orders: size(400, 1500), pause: 10 * time.Millisecond, readers: 1})
+	var faults faultLog
+	// Restart crashed workers until every order is decided (the failpoint stays on).
+	deadline := time.Now().Add(size(3*time.Minute, 6*time.Minute))
+	for sending := true; ; {
+		select {
+		case <-tr.sent:
+			sending = false
+		case <-time.After(100 * time.Millisecond):
+		}
+		for i, w := range p.workers {
+			if w.exited() {
+				p.workers[i] = w.restart(t)
+				faults.ended()
+			}
+		}
+		var pending int
+		if err := db.QueryRow(`SELECT count(*) FROM orders WHERE status = 'PENDING'`).Scan(&pending); err != nil {
+			t.Fatal(err)
+		}
+		if !sending && pending == 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	tr.wait()
+	if faults.n == 0 {
+		t.Fatal("the failpoint never fired: the scenario proved nothing")
+	}
+	p.check(t, tr, &faults, pr, checkOptions{})
+}
+
+// Scenario 4: the Kafka broker stopped (SIGTERM, then kill -9, alternately) under load:
+// the API keeps answering 201, and everything flows once Kafka is back.
+func TestChaosKafkaStopped(t *testing.T) {
+	stack := testenv.PrivateStack(t, "kafka")
+	p := startPipeline(t, options{stack: stack, env: []string{"LOG_LEVEL=info"}})
+	pr := watchProgress(t, p.openDB(t))
+	tr := startTraffic(p, trafficSpec{clients: 4, orders: 1_000_000, pause: 40 * time.Millisecond, readers: 1})
+	var faults faultLog
+	outage := size(5*time.Second, 30*time.Second)
+	for i := range size(2, 3) {
+		time.Sleep(3 * time.Second)
+		if i%2 == 0 {
+			stack.Stop("kafka")
+		} else {
+			stack.Crash("kafka")
+		}
+		time.Sleep(outage)
+		stack.Start("kafka")
+		faults.ended()
+	}
+	time.Sleep(3 * time.Second)
+	tr.stop()
+	tr.wait()
+	answersOnly(t, tr, nil)
+	p.check(t, tr, &faults, pr, checkOptions{noPoison: true})
+}
+
+// Scenario 5: Postgres stopped immediately (pg_ctl stop -m immediate, a crash) for 10 s,
+// twice: the API answers 503 problem+json within 5 s, nothing is half-written and
+// nothing is poisoned because of the outage.
+func TestChaosPostgresStopped(t *testing.T) {
+	stack := testenv.PrivateStack(t, "postgres")
+	p := startPipeline(t, options{stack: stack, env: []string{"LOG_LEVEL=info"}})
+	pr := watchProgress(t, p.openDB(t))
+	tr := startTraffic(p, trafficSpec{clients: 4, orders: 1_000_000, pause: 40 * time.Millisecond,
+		amount: someDeclines, readers: 1})
+	var faults faultLog
+	for range size(1, 2) {
+		time.Sleep(3 * time.Second)
+		stack.Crash("postgres")
+		time.Sleep(size(5*time.Second, 10*time.Second))
+		stack.Start("postgres")
+		faults.ended()
+	}
+	time.Sleep(3 * time.Second)
+	tr.stop()
+	tr.wait()
+	answersOnly(t, tr, func(a answer) bool {
+		return a.status == http.StatusServiceUnavailable && a.contentType == "application/problem+json" &&
+			a.took <= 5*time.Second
+	})
+	p.check(t, tr, &faults, pr, checkOptions{noPoison: true})
+}
+
+// redisCmd sends one inline command to a Redis server and returns its first reply line.
+func redisCmd(t *testing.T, addr, cmd string) string {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(c, "%s\r\n", cmd)
+	buf := make([]byte, 64)
+	n, _ := c.Read(buf)
+	return strings.TrimSpace(string(buf[:n]))
+}
+
+// Scenario 6: Redis flushed, then killed and restarted empty, mid-run: every read is
+// still answered (from Postgres while Redis is away), and after settle what the API
+// serves equals Postgres (I7).
+func TestChaosRedisLost(t *testing.T) {
+	addr := testenv.FreeAddr(t)
+	redis := testenv.StartRedis(t, addr)
+	p := startPipeline(t, options{redisURL: "redis://" + addr + "/0", env: []string{"LOG_LEVEL=info"}})
+	pr := watchProgress(t, p.openDB(t))
+	tr := startTraffic(p, trafficSpec{clients: 4, orders: 1_000_000, pause: 20 * time.Millisecond,
+		amount: someDeclines, readers: 4})
+	var faults faultLog
+	time.Sleep(3 * time.Second)
+	if got := redisCmd(t, addr, "FLUSHALL"); got != "+OK" {
+		t.Fatalf("FLUSHALL = %q", got)
+	}
+	faults.ended()
+	time.Sleep(2 * time.Second)
+	redis.Kill()
+	time.Sleep(size(5*time.Second, 30*time.Second))
+	testenv.StartRedis(t, addr)
+	faults.ended()
+	time.Sleep(3 * time.Second)
+	redisCmd(t, addr, "FLUSHALL")
+	faults.ended()
+	time.Sleep(3 * time.Second)
+	tr.stop()
+	tr.wait()
+	answersOnly(t, tr, nil)
+	tr.mu.Lock()
+	if len(tr.getErrs) > 0 {
+		t.Errorf("of %d reads, these failed: %v; without Redis they are answered from Postgres", tr.gets, tr.getErrs)
+	}
+	tr.mu.Unlock()
+	p.check(t, tr, &faults, pr, checkOptions{noPoison: true})
+}
+
+// Scenario 7: the payment provider down (60 s), then slow, then failing 30 % of calls
+// with 503: orders wait and are charged once it answers, none is poisoned.
+func TestChaosPaymentProviderFaults(t *testing.T) {
+	p := startPipeline(t, options{env: []string{"LOG_LEVEL=info"}})
+	pr := watchProgress(t, p.openDB(t))
+	tr := startTraffic(p, trafficSpec{clients: 4, orders: 1_000_000, pause: 40 * time.Millisecond,
+		amount: someDeclines, readers: 1})
+	var faults faultLog
+	base := p.paymentsim.env
+	phase := func(d time.Duration, env ...string) {
+		p.paymentsim.stop()
+		p.paymentsim = startDaemon(t, "paymentsim", append(slices.Clone(base), env...), p.paymentsim.healthURL)
+		time.Sleep(d)
+	}
+	time.Sleep(3 * time.Second)
+	p.paymentsim.kill()
+	time.Sleep(size(5*time.Second, 60*time.Second))
+	p.paymentsim = p.paymentsim.restart(t)
+	faults.ended()
+	phase(size(5*time.Second, 30*time.Second), "PAYMENTSIM_LATENCY=250ms")
+	faults.ended()
+	phase(size(5*time.Second, 30*time.Second), "PAYMENTSIM_FAIL_RATE=0.3")
+	faults.ended()
+	phase(3 * time.Second)
+	tr.stop()
+	tr.wait()
+	answersOnly(t, tr, nil)
+	p.check(t, tr, &faults, pr, checkOptions{noPoison: true})
+}
+
+// Scenario 8: the API killed -9 again and again while 200 clients keep retrying their
+// orders with their idempotency keys: one order per key, and each client's final answer
+// is what a later replay of its request returns.
+func TestChaosAPIKilled(t *testing.T) {
+	p := startPipeline(t, options{env: []string{"LOG_LEVEL=info"}})
+	pr := watchProgress(t, p.openDB(t))
+	clients := size(50, 200)
+	tr := startTraffic(p, trafficSpec{clients: clients, orders: size(1500, 6000), pause: 20 * time.Millisecond,
+		amount: someDeclines})
+	var faults faultLog
+	whileSending(tr, between(500*time.Millisecond, 2*time.Second), func() {
+		p.api.kill()
+		p.api = p.api.restart(t)
+		faults.ended()
+	})
+	tr.wait()
+	p.check(t, tr, &faults, pr, checkOptions{})
+
+	// Every key again: the stored answer, byte for byte.
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	mismatches := 0
+	for _, r := range tr.reqs {
+		final, ok := r.final()
+		if !ok || final.status != http.StatusCreated {
+			t.Errorf("key %s never got its 201: %d answers, last %d %.200s", r.key, len(r.answers), final.status, final.body)
+			continue
+		}
+		req, _ := http.NewRequest(http.MethodPost, p.apiURL+"/orders", strings.NewReader(r.body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Idempotency-Key", r.key)
+		resp, body := do(t, req)
+		if resp.StatusCode != final.status || string(body) != string(final.body) || resp.Header.Get("Idempotent-Replayed") != "true" {
+			if mismatches++; mismatches <= 10 {
+				t.Errorf("key %s: replay = %d %s (replayed %q), the client's final answer was %d %s",
+					r.key, resp.StatusCode, body, resp.Header.Get("Idempotent-Replayed"), final.status, final.body)
+			}
+		}
+	}
+	t.Logf("%d clients, %d keys replayed, %d mismatches", clients, len(tr.reqs), mismatches)
+}
+
+// Scenario 9: the whole orders topic replayed from offset 0 by a new consumer group of
+// the worker: no new charge, status change or outcome event.
+func TestChaosReplayFromOffsetZero(t *testing.T) {
+	p := startPipeline(t, options{env: []string{"LOG_LEVEL=info"}, workerEnv: fastRetries})
+	db := p.openDB(t)
+	pr := watchProgress(t, db)
+	// Every behaviour with an outcome: approvals, declines, a 503 then approval, poison.
+	amounts := []string{"20", "20.51", "20.52", "20.63", "20.61", "20", "20", "20", "20", "20"}
+	tr := startTraffic(p, trafficSpec{clients: 4, orders: size(300, 2000),
+		amount: func(i int) string { return amounts[i%len(amounts)] }})
+	tr.wait()
+	var faults faultLog
+	p.check(t, tr, &faults, pr, checkOptions{})
+	ctx := context.Background()
+	before, err := p.state(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	group := "replay-" + testenv.ID()
+	p.startWorker(group, fastRetries...)
+	brokers := strings.Split(p.brokers, ",")
+	testenv.Eventually(t, 2*time.Minute, func() (bool, string) {
+		done, behind := groupCaughtUp(t, brokers, group, p.topicPrefix+events.TopicOrders)
+		return done, fmt.Sprintf("replay group %d records behind", behind)
+	})
+	time.Sleep(2 * time.Second) // room for anything the replay might wrongly publish to reach Kafka
+	after, err := p.state(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(after.ledger) != len(before.ledger) {
+		t.Errorf("ledger grew from %d to %d entries during the replay", len(before.ledger), len(after.ledger))
+	}
+	for id, o := range before.orders {
+		if after.orders[id] != o {
+			t.Errorf("order %d changed during the replay: %+v -> %+v", id, o, after.orders[id])
+		}
+	}
+	if len(after.outbox) != len(before.outbox) || len(after.kafka[events.TopicPayments]) != len(before.kafka[events.TopicPayments]) {
+		t.Errorf("outcome events: outbox %d -> %d rows, payments topic %d -> %d records", len(before.outbox),
+			len(after.outbox), len(before.kafka[events.TopicPayments]), len(after.kafka[events.TopicPayments]))
+	}
+	t.Logf("replayed %d orders: %d ledger entries, %d outcome events, unchanged", len(before.orders),
+		len(after.ledger), len(after.kafka[events.TopicPayments]))
+}
+
+// groupCaughtUp reports whether group has committed the end of every partition of topic.
+func groupCaughtUp(t *testing.T, brokers []string, group, topic string) (bool, int64) {
+	client, err := sarama.NewClient(brokers, kafkaconf.Consumer("chaos-check"))
+	if err != nil {
+		return false, -1
+	}
+	defer client.Close()
+	admin, err := sarama.NewClusterAdminFromClient(client)
+	if err != nil {
+		return false, -1
+	}
+	partitions, err := client.Partitions(topic)
+	if err != nil {
+		return false, -1
+	}
+	offsets, err := admin.ListConsumerGroupOffsets(group, map[string][]int32{topic: partitions})
+	if err != nil {
+		return false, -1
+	}
+	var behind int64
+	for _, part := range partitions {
+		end, err := client.GetOffset(topic, part, sarama.OffsetNewest)
+		if err != nil {
+			return false, -1
+		}
+		committed := int64(0)
+		if b := offsets.GetBlock(topic, part); b != nil && b.Offset > 0 {
+			committed = b.Offset
+		}
+		behind += end - committed
+	}
+	return behind == 0, behind
+}
+
+// Scenario 10: a commit-order gap in the outbox: a transaction takes an earlier
+// transaction id and holds it open while the API commits later orders; its event is
+// forwarded once it commits, and its order is paid like the rest.
+func TestChaosOutboxGap(t *testing.T) {
+	p := startPipeline(t, options{env: []string{"LOG_LEVEL=info"}})
+	db := p.openDB(t)
+	pr := watchProgress(t, db)
+	tr := startTraffic(p, trafficSpec{clients: 4, orders: 1_000_000, pause: 20 * time.Millisecond, readers: 1})
+	var faults faultLog
+	keyless := map[int64]bool{}
+	for range size(2, 3) {
+		time.Sleep(2 * time.Second)
+		tx, err := db.Begin()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var id int64
+		if err := tx.QueryRow(`INSERT INTO orders (customer_id, amount_minor, currency) VALUES ('GAP', 2000, 'USD')
+			RETURNING id`).Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		msg, err := events.NewMessage(events.OrderCreated{ID: id, CustomerID: "GAP", AmountMinor: 2000, Currency: "USD"}, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := outbox.New(p.topicPrefix).Publish(tx, events.TopicOrders, msg); err != nil {
+			t.Fatal(err)
+		}
+		before := tr.created()
+		time.Sleep(size(3*time.Second, 15*time.Second)) // later orders commit meanwhile
+		if err := tx.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		if tr.created() == before {
+			t.Fatal("no order committed while the gap was open: the scenario proved nothing")
+		}
+		keyless[id] = true
+		faults.ended()
+	}
+	time.Sleep(2 * time.Second)
+	tr.stop()
+	tr.wait()
+	p.check(t, tr, &faults, pr, checkOptions{keyless: keyless, noPoison: true})
+}
+
+// Scenario 11: a relay and a worker frozen with SIGSTOP past their timeouts (the worker's
+// Kafka session, 10 s), then resumed: zombies. A second worker takes over the frozen
+// one's partitions; the frozen relay keeps its leadership (the standby waits, so nothing
+// is reordered); after SIGCONT nothing is lost, charged twice or applied twice.
+func TestChaosZombies(t *testing.T) {
+	p := startPipeline(t, options{workers: 2, env: []string{"LOG_LEVEL=info"}})
+	admin := testenv.FreeAddr(t)
+	standby := startDaemon(t, "relay", append(slices.Clone(p.relay.env), "ADMIN_ADDR="+admin),
+		"http://"+admin+"/healthz")
+	pr := watchProgress(t, p.openDB(t))
+	tr := startTraffic(p, trafficSpec{clients: 4, orders: 1_000_000, pause: 20 * time.Millisecond,
+		amount: someDeclines, readers: 1})
+	var faults faultLog
+	time.Sleep(3 * time.Second)
+	frozen := size(15*time.Second, 45*time.Second)
+	p.relay.signal(syscall.SIGSTOP)
+	p.workers[0].signal(syscall.SIGSTOP)
+	time.Sleep(frozen)
+	leader := metricSum(t, standby, "relay_leader")
+	p.relay.signal(syscall.SIGCONT)
+	p.workers[0].signal(syscall.SIGCONT)
+	faults.ended()
+	time.Sleep(5 * time.Second)
+	tr.stop()
+	tr.wait()
+	t.Logf("frozen %s; the standby relay was leader at the end of it: %v", frozen, leader == 1)
+	p.check(t, tr, &faults, pr, checkOptions{})
+}
