@@ -32,6 +32,7 @@ func main() {
 func run(ctx context.Context, getenv func(string) string, stdout io.Writer) error {
 	env := envconf.New(getenv)
 	databaseURL := env.String("DATABASE_URL", "postgres://orderuser:secret@localhost:5432/orderdb?sslmode=disable")
+	debugAddr := env.String("DEBUG_ADDR", "")
 	adminAddr := env.String("ADMIN_ADDR", ":9102")
 	cfg := relay.Config{
 		Brokers:       kafkaconf.Brokers(env.String("KAFKA_BROKERS", "localhost:9092")),
@@ -75,5 +76,9 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	// Ready while Postgres and Kafka both answer: without either nothing is forwarded.
 	checks := []admin.Check{admin.Postgres(db), admin.Kafka(cfg.Brokers)}
 	g.Go(func() error { return admin.Serve(ctx, adminAddr, reg, checks, logger) })
+	if debugAddr != "" {
+		g.Go(func() error { return admin.ServeDebug(ctx, debugAddr, logger) })
+		logger.Info("pprof listening", "debug_addr", debugAddr)
+	}
 	return g.Wait()
 }
