@@ -501,6 +501,7 @@ func readTopic(brokers []string, topic string) ([]*sarama.ConsumerMessage, error
 type result struct {
 	orders, faults, lost, duplicateCharges, duplicateDeliveries, poisoned int
 	recovery                                                              time.Duration
+	poisonReasons                                                         map[string]int
 	violations                                                            []string
 }
 
@@ -512,14 +513,16 @@ func (r *result) violate(inv, format string, args ...any) {
 
 // evaluate checks I1-I6 on a snapshot; I7 needs the API and is checked after.
 func (s *snapshot) evaluate(tr *traffic, opts checkOptions) *result {
-	r := &result{orders: len(s.orders)}
+	r := &result{orders: len(s.orders), poisonReasons: map[string]int{}}
 
 	poisoned := map[int64]bool{}
 	for _, m := range s.kafka[events.TopicOrdersPoison] {
 		id, _ := strconv.ParseInt(string(m.Key), 10, 64)
-		if reason := testenv.Header(m, middleware.ReasonForPoisonedKey); reason == "" {
+		reason := testenv.Header(m, middleware.ReasonForPoisonedKey)
+		if reason == "" {
 			r.violate("I1", "poisoned record %s/%d has no reason", m.Topic, m.Offset)
 		}
+		r.poisonReasons[reason]++
 		poisoned[id] = true
 	}
 	r.poisoned = len(poisoned)
@@ -723,6 +726,9 @@ func (p *pipeline) check(t *testing.T, tr *traffic, faults *faultLog, pr *progre
 	t.Logf("figures: orders %d, faults injected %d, lost %d, duplicate charges %d, duplicate deliveries %d, "+
 		"poisoned %d, longest recovery %s", r.orders, r.faults, r.lost, r.duplicateCharges, r.duplicateDeliveries,
 		r.poisoned, r.recovery.Round(100*time.Millisecond))
+	if len(r.poisonReasons) > 0 {
+		t.Logf("poisoned, by reason: %v", r.poisonReasons)
+	}
 	if len(r.violations) > 0 {
 		t.Errorf("%d invariant violations:\n%s", len(r.violations), strings.Join(r.violations, "\n"))
 	}

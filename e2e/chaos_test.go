@@ -107,10 +107,10 @@ func TestChaosRelayKilled(t *testing.T) {
 func TestChaosWorkersKilled(t *testing.T) {
 	p := startPipeline(t, options{workers: size(2, 3), env: []string{"LOG_LEVEL=info"}})
 	pr := watchProgress(t, p.openDB(t))
-	tr := startTraffic(p, trafficSpec{clients: 8, orders: size(1000, 4000), pause: 5 * time.Millisecond,
+	tr := startTraffic(p, trafficSpec{clients: 8, orders: size(1500, 5000), pause: 5 * time.Millisecond,
 		amount: someDeclines, readers: 2})
 	var faults faultLog
-	whileSending(tr, between(time.Second, 3*time.Second), func() {
+	whileSending(tr, between(500*time.Millisecond, 2*time.Second), func() {
 		i := rand.IntN(len(p.workers))
 		if faults.n%2 == 0 {
 			p.workers[i].kill()
@@ -121,7 +121,9 @@ func TestChaosWorkersKilled(t *testing.T) {
 		faults.ended()
 	})
 	tr.wait()
-	p.check(t, tr, &faults, pr, checkOptions{})
+	// A stop or a rebalance cancels the work in hand; it is redone by the partition's next
+	// owner, never poisoned.
+	p.check(t, tr, &faults, pr, checkOptions{noPoison: true})
 }
 
 // Scenario 3: a worker dies after the payment was charged and before its outcome

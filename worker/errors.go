@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"context"
 	"errors"
 
 	"github.com/orderpipe/orderpipe/internal/postgres"
@@ -15,7 +16,10 @@ import (
 //   - unavailable: a dependency cannot be reached (Postgres down, the provider not
 //     answering). The message is not at fault, so it is never poisoned: after the
 //     retries it is nacked and redelivered, holding its partition until the dependency
-//     is back. An outage therefore delays orders but poisons none.
+//     is back. An outage therefore delays orders but poisons none. A failure caused by
+//     the message's context being cancelled (the worker shutting down, or the partition
+//     moving to another worker in a rebalance) counts as unavailable too: it says nothing
+//     about the message, which the partition's next owner processes.
 type permanentError struct{ err error }
 
 func (e *permanentError) Error() string { return e.err.Error() }
@@ -39,7 +43,7 @@ func unavailable(err error) error { return &unavailableError{err} }
 // isUnavailable reports whether err means a dependency is down.
 func isUnavailable(err error) bool {
 	var u *unavailableError
-	return errors.As(err, &u) || (!isPermanent(err) && postgres.IsUnavailable(err))
+	return errors.As(err, &u) || (!isPermanent(err) && (postgres.IsUnavailable(err) || errors.Is(err, context.Canceled)))
 }
 
 // shouldPoison decides, once retries are over, whether the message goes to the poison

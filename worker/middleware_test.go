@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -39,6 +40,9 @@ func TestMiddlewareChain(t *testing.T) {
 		// wantCalls 0: more than one delivery's worth of attempts (4), i.e. redelivered.
 		{"unavailable dependency is retried, then nacked and redelivered, never poisoned", func(int32) error {
 			return unavailable(errors.New("connection refused"))
+		}, 0, false, ""},
+		{"cancelled by shutdown or rebalance: redelivered, never poisoned", func(int32) error {
+			return fmt.Errorf("load order: %w", context.Canceled)
 		}, 0, false, ""},
 	}
 	for _, tt := range tests {
