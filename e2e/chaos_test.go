@@ -93,7 +93,7 @@ func TestChaosRelayKilled(t *testing.T) {
 	pr := watchProgress(t, p.openDB(t))
 	tr := startTraffic(p, trafficSpec{clients: 16, orders: size(2000, 10000), amount: someDeclines, readers: 2})
 	var faults faultLog
-	whileSending(tr, between(0, 2*time.Second), func() {
+	whileSending(tr, between(0, size(time.Second, 2*time.Second)), func() {
 		p.relay.kill()
 		p.relay = p.relay.restart(t)
 		faults.ended()

@@ -450,3 +450,12 @@ func TestPoisonReplayEndToEnd(t *testing.T) {
 		t.Errorf("the loop guard let %d records through", n-ordersBefore)
 	}
 }
+
+// snapshot renders every order's status and ledger.
+func (p *pipeline) snapshot(t *testing.T, ids []int64) string {
+	var b strings.Builder
+	for _, id := range ids {
+		fmt.Fprintf(&b, "%d:%s:%v ", id, p.status(t, id), p.ledger(t, id))
+	}
+	return b.String()
+}

@@ -1,11 +1,8 @@
 package e2e
 
 import (
-	"fmt"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -173,93 +170,6 @@ func TestBadEventsArePoisonedWithoutBlocking(t *testing.T) {
 		}
 		if !found {
 			t.Errorf("no poison reason mentions %q: %q", want, reasons)
-		}
-	}
-}
-
-// TestReplayFromOffsetZeroChangesNothing processes orders, then runs a worker in a new
-// consumer group, which reads the topic again from the start: no new charge, status
-// change or outcome event.
-func TestReplayFromOffsetZeroChangesNothing(t *testing.T) {
-	p := startPipeline(t, options{workerEnv: fastRetries})
-	var ids []int64
-	for _, amount := range []string{"10", "10.51", "10.52", "11", "12"} {
-		ids = append(ids, p.create(t, amount, "USD"))
-	}
-	for _, id := range ids {
-		testenv.Eventually(t, 30*time.Second, func() (bool, string) {
-			s := p.status(t, id)
-			return s != "PENDING", fmt.Sprintf("order %d still PENDING", id)
-		})
-	}
-	before := p.snapshot(t, ids)
-	outcomes := len(testenv.Consume(t, p.topicPrefix+events.TopicPayments, 10*time.Second,
-		func(ms []*sarama.ConsumerMessage) bool { return len(ms) >= len(ids) }))
-
-	replay := p.startWorker("replay-"+testenv.ID(), fastRetries...)
-	// The replaying group has read every order once it has handled as many messages.
-	testenv.Eventually(t, 30*time.Second, func() (bool, string) {
-		n := metricSum(t, replay, "worker_messages_total")
-		return n >= float64(len(ids)), fmt.Sprintf("replay worker handled %v of %d", n, len(ids))
-	})
-	time.Sleep(time.Second) // room for anything the replay might wrongly publish to reach Kafka
-	if after := p.snapshot(t, ids); after != before {
-		t.Errorf("replay changed statuses or charges:\nbefore %s\nafter  %s", before, after)
-	}
-	again := len(testenv.Consume(t, p.topicPrefix+events.TopicPayments, 3*time.Second,
-		func(ms []*sarama.ConsumerMessage) bool { return len(ms) > outcomes }))
-	if again != outcomes {
-		t.Errorf("payments topic grew from %d to %d outcome events during the replay", outcomes, again)
-	}
-}
-
-// snapshot renders every order's status and ledger.
-func (p *pipeline) snapshot(t *testing.T, ids []int64) string {
-	var b strings.Builder
-	for _, id := range ids {
-		fmt.Fprintf(&b, "%d:%s:%v ", id, p.status(t, id), p.ledger(t, id))
-	}
-	return b.String()
-}
-
-// TestWorkerKilledMidRun runs two workers in one group and kills one with SIGKILL while
-// orders flow: every order ends in a final status and none is charged twice.
-func TestWorkerKilledMidRun(t *testing.T) {
-	p := startPipeline(t, options{workers: 2, workerEnv: fastRetries})
-	const n = 200
-	ids := make([]int64, n)
-	var wg sync.WaitGroup
-	for i := range ids {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			amount := "20"
-			if i%10 == 0 {
-				amount = "20.51" // some declines
-			}
-			ids[i] = p.create(t, amount, "USD")
-		}()
-		if i == n/4 {
-			time.Sleep(200 * time.Millisecond)
-			p.workers[0].cmd.Process.Signal(syscall.SIGKILL)
-		}
-	}
-	wg.Wait()
-	for _, id := range ids {
-		testenv.Eventually(t, 60*time.Second, func() (bool, string) {
-			s := p.status(t, id)
-			return s == "PAID" || s == "PAYMENT_FAILED", fmt.Sprintf("order %d is %s", id, s)
-		})
-	}
-	for _, id := range ids {
-		var approved int
-		for _, ch := range p.ledger(t, id) {
-			if ch.Status == "approved" {
-				approved++
-			}
-		}
-		if approved > 1 {
-			t.Errorf("order %d charged %d times", id, approved)
 		}
 	}
 }
