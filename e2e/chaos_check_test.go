@@ -503,6 +503,7 @@ type result struct {
 	recovery                                                              time.Duration
 	poisonReasons                                                         map[string]int
 	violations                                                            []string
+	state                                                                 *snapshot // what was checked
 }
 
 func (r *result) violate(inv, format string, args ...any) {
@@ -513,7 +514,7 @@ func (r *result) violate(inv, format string, args ...any) {
 
 // evaluate checks I1-I6 on a snapshot; I7 needs the API and is checked after.
 func (s *snapshot) evaluate(tr *traffic, opts checkOptions) *result {
-	r := &result{orders: len(s.orders), poisonReasons: map[string]int{}}
+	r := &result{orders: len(s.orders), poisonReasons: map[string]int{}, state: s}
 
 	poisoned := map[int64]bool{}
 	for _, m := range s.kafka[events.TopicOrdersPoison] {
@@ -697,25 +698,7 @@ func (p *pipeline) check(t *testing.T, tr *traffic, faults *faultLog, pr *progre
 	if opts.settle == 0 {
 		opts.settle = 2 * time.Minute
 	}
-	db, err := postgres.Open(context.Background(), p.dbURL, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	var s *snapshot
-	deadline := time.Now().Add(opts.settle)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		s, err = p.state(ctx, db)
-		cancel()
-		if err == nil && s.settled() || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(2 * time.Second)
-	}
-	if err != nil {
-		t.Fatalf("checker cannot read the pipeline's state: %v", err)
-	}
+	s := p.settle(t, opts.settle)
 	pr.stop()
 	r := s.evaluate(tr, opts)
 	faults.mu.Lock()
@@ -733,6 +716,31 @@ func (p *pipeline) check(t *testing.T, tr *traffic, faults *faultLog, pr *progre
 		t.Errorf("%d invariant violations:\n%s", len(r.violations), strings.Join(r.violations, "\n"))
 	}
 	return r
+}
+
+// settle waits until the pipeline has finished (or timeout passed) and returns its state.
+func (p *pipeline) settle(t *testing.T, timeout time.Duration) *snapshot {
+	t.Helper()
+	db, err := postgres.Open(context.Background(), p.dbURL, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var s *snapshot
+	deadline := time.Now().Add(timeout)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		s, err = p.state(ctx, db)
+		cancel()
+		if err == nil && s.settled() || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(2 * time.Second)
+	}
+	if err != nil {
+		t.Fatalf("checker cannot read the pipeline's state: %v", err)
+	}
+	return s
 }
 
 // checkCache is I7: after settle, what the API serves (through Redis) equals Postgres.
