@@ -34,9 +34,10 @@ chaos: up ## the fault-injection suite at full size, with each scenario's figure
 test-short: ## unit tests only, no services
 	$(GO) test -short -race -count=1 ./...
 
-bench: up ## benchmarks: print figures and merge them into bench/results/latest.json
+bench: up ## benchmarks: print figures, merge them into bench/results/latest.json, write latest.md and e2e.png
 	$(GO) run ./bench/relaybench
 	$(GO) run ./bench/apibench
+	$(GO) run ./bench/e2ebench $(E2E_FLAGS)
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
