@@ -222,19 +222,8 @@ func (w *Worker) pay(ctx context.Context, msgID string, e events.OrderCreated) e
 		syscall.Kill(os.Getpid(), syscall.SIGKILL)
 		select {} // the signal is delivered asynchronously; commit nothing meanwhile
 	}
-	var changed orders.Order
-	err = w.store.InTx(ctx, func(tx *orders.Tx) error {
-		first, err := tx.MarkProcessed(ctx, handlerName, msgID)
-		if err != nil || !first {
-			return err
-		}
-		if charge.Approved {
-			changed, err = tx.MarkPaid(ctx, o.ID, charge.ID)
-		} else {
-			changed, err = tx.MarkPaymentFailed(ctx, o.ID, charge.ID, charge.Reason)
-		}
-		return err
-	})
+	changed, _, err := w.store.RecordOutcome(ctx, handlerName, msgID, o.ID,
+		orders.Outcome{PaymentID: charge.ID, Approved: charge.Approved, Reason: charge.Reason})
 	if errors.Is(err, orders.ErrNotPending) {
 		return nil // another delivery decided it first; its outcome stands
 	}
