@@ -35,6 +35,7 @@ test-short: ## unit tests only, no services
 	$(GO) test -short -race -count=1 ./...
 
 bench: up ## benchmarks: print figures, merge them into bench/results/latest.json, write latest.md and e2e.png
+	stack/stack.sh tools
 	$(GO) run ./bench/relaybench
 	$(GO) run ./bench/apibench
 	$(GO) run ./bench/e2ebench $(E2E_FLAGS)

@@ -5,6 +5,7 @@
 #   stack/stack.sh up   [postgres|redis|kafka ...]   install what is missing, start, wait until ready
 #   stack/stack.sh down [postgres|redis|kafka ...]   stop what this script started, by pid
 #   stack/stack.sh status
+#   stack/stack.sh tools                              install what make bench drives them with (wrk)
 #
 # "up" is idempotent: a service whose pid is alive is reused. "down" signals only the pids
 # recorded in $STACK_DIR (never a process found by name) and waits for them to exit.
@@ -259,5 +260,9 @@ down)
 	done
 	;;
 status) status ;;
-*) die "usage: stack.sh up|down|status [postgres|redis|kafka ...]" ;;
+tools)
+	# pgbench comes with the PostgreSQL server; wrk is the api benchmark's HTTP client.
+	command -v wrk >/dev/null || apt_install wrk
+	;;
+*) die "usage: stack.sh up|down|status [postgres|redis|kafka ...] | tools" ;;
 esac
