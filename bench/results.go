@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strings"
 	"time"
 )
 
@@ -31,8 +32,18 @@ func Record(dir string, figures map[string]any) error {
 	for k, v := range figures {
 		all[k] = v
 	}
-	all["machine"] = map[string]any{"cpus": runtime.NumCPU(), "goos": runtime.GOOS, "goarch": runtime.GOARCH,
+	machine := map[string]any{"cpus": runtime.NumCPU(), "goos": runtime.GOOS, "goarch": runtime.GOARCH,
 		"go": runtime.Version()}
+	if model := procField("/proc/cpuinfo", "model name"); model != "" {
+		machine["cpu_model"] = model
+	}
+	if mem := procField("/proc/meminfo", "MemTotal"); mem != "" { // "24609116 kB"
+		var kb float64
+		if _, err := fmt.Sscanf(mem, "%f kB", &kb); err == nil {
+			machine["mem_gib"] = float64(int(kb/1024/1024*10)) / 10
+		}
+	}
+	all["machine"] = machine
 	all["updated_at"] = time.Now().UTC().Format(time.RFC3339)
 	out, err := json.MarshalIndent(all, "", "  ")
 	if err != nil {
@@ -46,6 +57,20 @@ func Record(dir string, figures map[string]any) error {
 	}
 	dated := filepath.Join(dir, time.Now().UTC().Format("2006-01-02")+".json")
 	return os.WriteFile(dated, append(out, '\n'), 0o644)
+}
+
+// procField is the first "name: value" line's value in a /proc file ("" off Linux).
+func procField(path, name string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == name {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
 }
 
 // Percentile returns the p-th percentile (0..100) of sorted-or-not durations.

@@ -13,7 +13,7 @@ import (
 // CPU accounting from /proc: who used the two cores during a step. Each process is
 // charged to a group: our daemons by pid, this program ("loadgen": the load generator
 // and its Kafka watcher), and the stack's Postgres, Kafka and Redis by the pids in
-// .stack/ and their descendants (Postgres's backends). "other" is the machine's busy
+// $STACK_DIR (.stack/) and their descendants (Postgres's backends). "other" is the machine's busy
 // time that no group explains: other programs on the shared machine, and the kernel's
 // interrupt work.
 
@@ -37,9 +37,10 @@ func groups(daemons map[int]string) map[int]string {
 	for pid, name := range daemons {
 		g[pid] = name
 	}
-	for file, name := range map[string]string{".stack/postgres/postmaster.pid": "postgres", ".stack/kafka.pid": "kafka",
-		".stack/redis.pid": "redis"} {
-		if b, err := os.ReadFile(file); err == nil {
+	dir := envOr("STACK_DIR", ".stack") // as stack/stack.sh
+	for file, name := range map[string]string{"postgres/postmaster.pid": "postgres", "kafka.pid": "kafka",
+		"redis.pid": "redis"} {
+		if b, err := os.ReadFile(filepath.Join(dir, file)); err == nil {
 			if pid, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0])); err == nil {
 				g[pid] = name
 			}

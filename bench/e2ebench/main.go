@@ -2,14 +2,15 @@
 // apibench): the four daemons as processes on the local stack, a fresh database and
 // topic prefix, paymentsim answering at once, driven by internal/loadgen.
 //
-//  1. Rising load: open-loop steps (-step, 20 s each) from 40 % of
+//  1. Rising load: open-loop steps (-step, 20 s each) from 30 % of
 //     db_limit_orders_per_s up by 10 % of it, until a step is not sustained, then
 //     bisected (-refine) between the last sustained rate and the first failed one →
 //     e2e_orders_per_s, the highest sustained rate. A step is sustained when every
 //     request got 201, the api took at least 97 % of the offered rate, the backlog
 //     (orders created but without an outcome event) did not grow by more than 3 % of
 //     the rate per second over the step's second half, and every order reached its
-//     outcome within 30 s after the step.
+//     outcome within 30 s after the step. The machine is shared: a step that fails
+//     while other programs use more than 0.3 cores is run once more (both recorded).
 //  2. A hold at 70 % of that rate (-hold, default 5 min; E2E_HOLD) →
 //     create_to_terminal_p99_ms, e2e_api_p99_ms, and whether the backlog grew: it
 //     did when its trend over the hold (first 10 % left out) adds up to more than one
@@ -49,12 +50,12 @@ var (
 	results    = flag.String("results", "bench/results", "where latest.json, latest.md and e2e.png go")
 	stepLen    = flag.Duration("step", 20*time.Second, "length of each rising-load step")
 	hold       = flag.Duration("hold", envDuration("E2E_HOLD", 5*time.Minute), "length of the run at 70 % of the maximum (E2E_HOLD)")
-	startRate  = flag.Float64("start", 0, "first step's rate, orders/s (default 40 % of db_limit_orders_per_s)")
+	startRate  = flag.Float64("start", 0, "first step's rate, orders/s (default 30 % of db_limit_orders_per_s)")
 	increment  = flag.Float64("inc", 0, "rate added per step, orders/s (default 10 % of db_limit_orders_per_s)")
 	refine     = flag.Int("refine", 2, "bisections between the last sustained and the first failed rate")
 	scaleOut   = flag.Bool("scaleout", true, "also search with 2 workers and with 2 relays")
 	knownMax   = flag.Float64("max", 0, "skip the search and hold at 70 % of this rate; nothing is recorded")
-	partitions = flag.Int("partitions", 0, "create the topics with this many partitions (default: the broker's, 8 on the local stack)")
+	partitions = flag.Int("partitions", 0, "create the topics with this many partitions (default: the broker's, 8 on the local stack); the scale-out also runs 16")
 	profileDir = flag.String("profile", "", "take 30 s CPU profiles of api, relay and worker during the hold into this directory")
 )
 
@@ -103,11 +104,12 @@ type step struct {
 
 // search is the rising-load search on one pipeline.
 type search struct {
-	Workers int     `json:"workers"`
-	Relays  int     `json:"relays"`
-	Layout  string  `json:"layout"`
-	Max     float64 `json:"max_orders_per_s"`
-	Steps   []step  `json:"steps"`
+	Key    string  `json:"key"`
+	Layout string  `json:"layout"`
+	Max    float64 `json:"max_orders_per_s"`
+	// RelaysLeading counts the relays whose relay_leader gauge is 1 at the end.
+	RelaysLeading int    `json:"relays_leading,omitempty"`
+	Steps         []step `json:"steps"`
 }
 
 func (s search) maxStep() step {
@@ -148,7 +150,7 @@ func run(ctx context.Context) error {
 
 	start, inc := *startRate, *increment
 	if start == 0 {
-		start = math.Round(0.4 * dbLimit)
+		start = math.Round(0.3 * dbLimit)
 	}
 	if inc == 0 {
 		inc = math.Round(0.1 * dbLimit)
@@ -159,9 +161,9 @@ func run(ctx context.Context) error {
 		holdStep step
 		holdRep  loadgen.Report
 	)
-	err = withPipeline(ctx, logDir, binDir, layout{1, 1}, func(p *pipeline) error {
+	err = withPipeline(ctx, logDir, binDir, layout{1, 1, *partitions}, func(p *pipeline) error {
 		if *knownMax > 0 {
-			base = search{Workers: 1, Relays: 1, Layout: p.layout.String(), Max: *knownMax}
+			base = search{Key: p.layout.key(), Layout: p.layout.String(), Max: *knownMax}
 			// Warm up as the search would have: connection pools filled, caches hot.
 			if _, _, err := runStep(ctx, p, math.Round(0.7*base.Max), 10*time.Second, time.Second); err != nil {
 				return err
@@ -207,7 +209,7 @@ func run(ctx context.Context) error {
 
 	var scale []search
 	if *scaleOut && *knownMax == 0 {
-		for _, l := range []layout{{2, 1}, {1, 2}} {
+		for _, l := range []layout{{2, 1, *partitions}, {1, 2, *partitions}, {1, 1, 16}} {
 			var s search
 			err := withPipeline(ctx, logDir, binDir, l, func(p *pipeline) error {
 				fmt.Printf("\nrising load, %s\n", l)
@@ -216,11 +218,10 @@ func run(ctx context.Context) error {
 					return err
 				}
 				if l.relays > 1 {
-					leaders := 0.0
 					for _, v := range p.metric("relay", "relay_leader") {
-						leaders += v
+						s.RelaysLeading += int(v)
 					}
-					fmt.Printf("relays leading: %.0f of %d\n", leaders, l.relays)
+					fmt.Printf("relays leading: %d of %d\n", s.RelaysLeading, l.relays)
 				}
 				return nil
 			})
@@ -260,6 +261,7 @@ func run(ctx context.Context) error {
 		"e2e_hold_backlog_peak":         holdStep.BacklogPeak,
 		"e2e_hold_backlog_growing":      growing,
 		"e2e_hold_cpu_cores":            holdStep.CPU,
+		"e2e_hold_backlog":              every5s(holdRep.Backlog),
 		"e2e_steps":                     base.Steps,
 		"e2e_step_s":                    stepLen.Seconds(),
 		"e2e_cpu_at_max":                base.maxStep().CPU,
@@ -269,7 +271,7 @@ func run(ctx context.Context) error {
 	}
 	scaleFig := map[string]float64{}
 	for _, s := range append([]search{base}, scale...) {
-		scaleFig[fmt.Sprintf("workers%d_relays%d", s.Workers, s.Relays)] = s.Max
+		scaleFig[s.Key] = s.Max
 	}
 	figures["e2e_scaleout_orders_per_s"] = scaleFig
 	figures["e2e_scaleout"] = scale
@@ -322,19 +324,31 @@ func loadConfig(p *pipeline) loadgen.Config {
 		Settle: 30 * time.Second}
 }
 
+// noisy is how much CPU, in cores, other programs may take during a failed step before
+// the step is run once more.
+const noisy = 0.3
+
 // rise runs steps from start up by inc until one is not sustained, then bisects refine
 // times; the result's Max is the highest sustained rate.
 func rise(ctx context.Context, p *pipeline, start, inc float64, refine int) (search, error) {
-	s := search{Workers: p.layout.workers, Relays: p.layout.relays, Layout: p.layout.String()}
+	s := search{Key: p.layout.key(), Layout: p.layout.String()}
 	var good, bad float64 // highest sustained, lowest not sustained (0: none yet)
 	rate := start
-	for refined := 0; ; {
+	for refined, retried := 0, false; ; {
 		st, _, err := runStep(ctx, p, rate, *stepLen, 500*time.Millisecond)
 		if err != nil {
 			return s, err
 		}
 		printStep("step", st)
 		s.Steps = append(s.Steps, st)
+		if !st.Sustained && st.CPU["other"] > noisy && !retried {
+			// The machine is shared: a step that failed while other programs took a
+			// good part of it is run once more. Both are recorded.
+			fmt.Printf("      other programs used %.2f cores: running the step again\n", st.CPU["other"])
+			retried = true
+			continue
+		}
+		retried = false
 		if st.Sustained {
 			good = max(good, rate)
 		} else if bad == 0 || rate < bad {
@@ -344,7 +358,7 @@ func rise(ctx context.Context, p *pipeline, start, inc float64, refine int) (sea
 		case bad == 0:
 			rate += inc
 		case good == 0:
-			if rate /= 2; rate < 10 {
+			if rate -= inc; rate < inc/2 {
 				return s, errors.New("the pipeline sustained no rate")
 			}
 		case refined < refine && bad-good > 0.02*good:
@@ -398,6 +412,19 @@ func runStep(ctx context.Context, p *pipeline, rate float64, d, sample time.Dura
 		}
 	}
 	return st, r, ctx.Err()
+}
+
+// every5s is the backlog every 5 s as [seconds, orders] pairs, for latest.json.
+func every5s(samples []loadgen.BacklogSample) [][2]float64 {
+	var out [][2]float64
+	next := 0.0
+	for _, b := range samples {
+		if b.AtS >= next {
+			out = append(out, [2]float64{math.Round(b.AtS), float64(b.Backlog)})
+			next = math.Round(b.AtS) + 5
+		}
+	}
+	return out
 }
 
 func round1(f float64) float64 { return math.Round(f*10) / 10 }

@@ -25,10 +25,26 @@ import (
 	"github.com/orderpipe/orderpipe/schema"
 )
 
-// layout is how many worker and relay processes a pipeline runs.
-type layout struct{ workers, relays int }
+// layout is how many worker and relay processes a pipeline runs, and how many
+// partitions its topics have (0: the broker's default, 8 on the local stack).
+type layout struct{ workers, relays, partitions int }
 
-func (l layout) String() string { return fmt.Sprintf("%d worker(s), %d relay(s)", l.workers, l.relays) }
+func (l layout) String() string {
+	s := fmt.Sprintf("%d worker(s), %d relay(s)", l.workers, l.relays)
+	if l.partitions > 0 {
+		s += fmt.Sprintf(", %d partitions", l.partitions)
+	}
+	return s
+}
+
+// key names the layout in latest.json.
+func (l layout) key() string {
+	k := fmt.Sprintf("workers%d_relays%d", l.workers, l.relays)
+	if l.partitions > 0 {
+		k += fmt.Sprintf("_partitions%d", l.partitions)
+	}
+	return k
+}
 
 // pipeline is the four daemons as processes on a fresh database and topic prefix of
 // their own, against the local stack.
@@ -73,8 +89,8 @@ func startPipeline(ctx context.Context, binDir, logDir string, l layout) (p *pip
 	if p.dbURL, p.dropDB, err = freshDB(ctx); err != nil {
 		return nil, err
 	}
-	if *partitions > 0 {
-		if err := createTopics(p.prefix, *partitions); err != nil {
+	if l.partitions > 0 {
+		if err := createTopics(p.prefix, l.partitions); err != nil {
 			return nil, err
 		}
 	}

@@ -72,7 +72,11 @@ func writeSummary(dir string, base search, hold step, growth float64, growing bo
 	if len(scale) > 0 {
 		w.WriteString("### Scale-out\n\n| layout | max sustained orders/s | CPU at that rate (cores) |\n|---|---|---|\n")
 		for _, s := range append([]search{base}, scale...) {
-			fmt.Fprintf(&w, "| %s | %.0f | %s |\n", s.Layout, s.Max, cpuLine(s.maxStep().CPU))
+			layout := s.Layout
+			if s.RelaysLeading > 0 {
+				layout += fmt.Sprintf(" (leading at the end: %d)", s.RelaysLeading)
+			}
+			fmt.Fprintf(&w, "| %s | %.0f | %s |\n", layout, s.Max, cpuLine(s.maxStep().CPU))
 		}
 		for _, s := range scale {
 			fmt.Fprintf(&w, "\n%s:\n\n", s.Layout)
