@@ -186,12 +186,31 @@ func TestChaosKafkaStopped(t *testing.T) {
 		time.Sleep(outage)
 		stack.Start("kafka")
 		faults.ended()
+		relay, worker := resumption(t, p)
+		t.Logf("Kafka back (outage %d): relay forwarding again after %s, worker consuming after %s", i+1, relay, worker)
 	}
 	time.Sleep(3 * time.Second)
 	tr.stop()
 	tr.wait()
 	answersOnly(t, tr, nil)
 	p.check(t, tr, &faults, pr, checkOptions{noPoison: true})
+}
+
+// resumption waits up to two minutes for the relay to forward and the first worker to
+// handle a message again, and returns how long each took (0: not within the wait).
+func resumption(t *testing.T, p *pipeline) (relay, worker time.Duration) {
+	start := time.Now()
+	forwarded, handled := metricSum(t, p.relay, "relay_forwarded_total"), metricSum(t, p.workers[0], "worker_messages_total")
+	for time.Since(start) < 2*time.Minute && (relay == 0 || worker == 0) {
+		time.Sleep(100 * time.Millisecond)
+		if relay == 0 && metricSum(t, p.relay, "relay_forwarded_total") > forwarded {
+			relay = time.Since(start)
+		}
+		if worker == 0 && metricSum(t, p.workers[0], "worker_messages_total") > handled {
+			worker = time.Since(start)
+		}
+	}
+	return relay.Round(100 * time.Millisecond), worker.Round(100 * time.Millisecond)
 }
 
 // Scenario 5: Postgres stopped immediately (pg_ctl stop -m immediate, a crash) for 10 s,
