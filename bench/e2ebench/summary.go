@@ -88,11 +88,12 @@ func writeSummary(dir string, base search, hold step, growth float64, growing bo
 }
 
 func stepTable(w *strings.Builder, steps []step) {
-	w.WriteString("| offered /s | created /s | completed /s | backlog trend /s | POST p99 ms | create→terminal p50 / p99 ms | errors | sustained |\n")
-	w.WriteString("|---|---|---|---|---|---|---|---|\n")
+	w.WriteString("| offered /s | created /s | completed /s | backlog trend /s | backlog, 2nd half | POST p99 ms | " +
+		"create→terminal p50 / p99 ms | errors | other programs, cores | sustained |\n")
+	w.WriteString("|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, s := range steps {
-		fmt.Fprintf(w, "| %.0f | %.0f | %.0f | %+.1f | %.1f | %.1f / %.1f | %d | %v |\n", s.Rate, s.CreatedPerS,
-			s.CompletedPerS, s.GrowthPerS, s.APIP99Ms, s.C2TP50Ms, s.C2TP99Ms, s.Errors, s.Sustained)
+		fmt.Fprintf(w, "| %.0f | %.0f | %.0f | %+.1f | %.0f | %.1f | %.1f / %.1f | %d | %.2f | %v |\n", s.Rate, s.CreatedPerS,
+			s.CompletedPerS, s.GrowthPerS, s.BacklogLate, s.APIP99Ms, s.C2TP50Ms, s.C2TP99Ms, s.Errors, s.CPU["other"], s.Sustained)
 	}
 }
 
