@@ -136,6 +136,11 @@ func cpuOrder(m map[string]float64) []string {
 			names = append(names, k)
 		}
 	}
-	sort.Slice(names, func(i, j int) bool { return m[names[i]] > m[names[j]] })
+	sort.Slice(names, func(i, j int) bool {
+		if m[names[i]] != m[names[j]] {
+			return m[names[i]] > m[names[j]]
+		}
+		return names[i] < names[j]
+	})
 	return append(names, "other", "machine")
 }

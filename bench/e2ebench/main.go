@@ -57,6 +57,7 @@ var (
 	scaleOut   = flag.Bool("scaleout", true, "also search with 2 workers and with 2 relays")
 	knownMax   = flag.Float64("max", 0, "skip the search and hold at 70 % of this rate; nothing is recorded")
 	partitions = flag.Int("partitions", 0, "create the topics with this many partitions (default: the broker's, 8 on the local stack); the scale-out also runs 16")
+	renderOnly = flag.Bool("render", false, "only write latest.md and e2e.png again from latest.json, measuring nothing")
 	profileDir = flag.String("profile", "", "take 30 s CPU profiles of api, relay and worker during the hold into this directory")
 )
 
@@ -126,6 +127,9 @@ func (s search) maxStep() step {
 
 func run(ctx context.Context) error {
 	flag.Parse()
+	if *renderOnly {
+		return render(*results)
+	}
 	dbLimit, err := readDBLimit()
 	if err != nil && *knownMax == 0 {
 		return err

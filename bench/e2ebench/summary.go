@@ -41,8 +41,10 @@ func writeSummary(dir string, base search, hold step, growth float64, growing bo
 	f := func(k string) float64 { v, _ := all[k].(float64); return v }
 
 	var w strings.Builder
-	fmt.Fprintf(&w, "# Benchmark results\n\nWritten by `make bench` (bench/e2ebench) at %s from `latest.json`; machine: %v.\n",
-		num("updated_at"), all["machine"])
+	m, _ := all["machine"].(map[string]any)
+	fmt.Fprintf(&w, "# Benchmark results\n\nWritten by `make bench` (bench/e2ebench) at %s from `latest.json`; machine: "+
+		"%v cores (%v), %v GiB, %v/%v, %v.\n", num("updated_at"), m["cpus"], m["cpu_model"], m["mem_gib"], m["goos"],
+		m["goarch"], m["go"])
 	fmt.Fprintf(&w, "Everything runs on this one machine (Postgres, Kafka, Redis, the daemons and the load generators), "+
 		"which is shared: it was %.2f cores busy before the end-to-end run started.\n\n", f("e2e_background_busy_cores"))
 
@@ -85,6 +87,42 @@ func writeSummary(dir string, base search, hold step, growth float64, growing bo
 	}
 	w.WriteString("\n![p99 latency vs throughput](e2e.png)\n")
 	return os.WriteFile(filepath.Join(dir, "latest.md"), []byte(w.String()), 0o644)
+}
+
+// render writes latest.md and e2e.png again from dir/latest.json alone (-render), for
+// when their format changes: the figures are not measured again.
+func render(dir string) error {
+	b, err := os.ReadFile(filepath.Join(dir, "latest.json"))
+	if err != nil {
+		return err
+	}
+	var r struct {
+		Max      float64            `json:"e2e_orders_per_s"`
+		Steps    []step             `json:"e2e_steps"`
+		Scale    []search           `json:"e2e_scaleout"`
+		HoldRate float64            `json:"e2e_hold_orders_per_s"`
+		C2TP50   float64            `json:"create_to_terminal_p50_ms"`
+		C2TP99   float64            `json:"create_to_terminal_p99_ms"`
+		APIP99   float64            `json:"e2e_api_p99_ms"`
+		Peak     int64              `json:"e2e_hold_backlog_peak"`
+		CPU      map[string]float64 `json:"e2e_hold_cpu_cores"`
+		Growth   float64            `json:"e2e_hold_backlog_growth_per_s"`
+		Growing  bool               `json:"e2e_hold_backlog_growing"`
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		return err
+	}
+	if len(r.Steps) == 0 {
+		return fmt.Errorf("%s has no e2e_steps: run e2ebench first", filepath.Join(dir, "latest.json"))
+	}
+	l := layout{1, 1, 0}
+	base := search{Key: l.key(), Layout: l.String(), Max: r.Max, Steps: r.Steps}
+	hold := step{Rate: r.HoldRate, C2TP50Ms: r.C2TP50, C2TP99Ms: r.C2TP99, APIP99Ms: r.APIP99, BacklogPeak: r.Peak,
+		CPU: r.CPU, Sustained: !r.Growing}
+	if err := chart(filepath.Join(dir, "e2e.png"), base, hold, r.Scale); err != nil {
+		return err
+	}
+	return writeSummary(dir, base, hold, r.Growth, r.Growing, r.Scale)
 }
 
 func stepTable(w *strings.Builder, steps []step) {
