@@ -22,7 +22,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -34,8 +33,6 @@ import (
 	"time"
 
 	"github.com/orderpipe/orderpipe/bench"
-	"github.com/orderpipe/orderpipe/internal/postgres"
-	"github.com/orderpipe/orderpipe/schema"
 )
 
 var (
@@ -73,7 +70,7 @@ func run() error {
 		return fmt.Errorf("build api: %v\n%s", err, out)
 	}
 
-	dbURL, drop, err := freshDB(ctx)
+	dbURL, drop, err := bench.FreshDB(ctx, *adminURL, "bench_api")
 	if err != nil {
 		return err
 	}
@@ -132,34 +129,6 @@ func run() error {
 		"api_max_load_p99_ms":   bench.Ms(max.p99),
 		"api_concurrency":       *concurrency,
 	})
-}
-
-func freshDB(ctx context.Context) (string, func(), error) {
-	admin, err := postgres.Open(ctx, *adminURL, 1)
-	if err != nil {
-		return "", nil, err
-	}
-	name := fmt.Sprintf("bench_api_%d", time.Now().UnixNano())
-	if _, err := admin.ExecContext(ctx, "CREATE DATABASE "+name); err != nil {
-		admin.Close()
-		return "", nil, err
-	}
-	u, _ := url.Parse(*adminURL)
-	u.Path = "/" + name
-	drop := func() {
-		admin.ExecContext(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
-		admin.Close()
-	}
-	db, err := postgres.Open(ctx, u.String(), 1)
-	if err == nil {
-		_, err = schema.Migrate(ctx, db, nil)
-		db.Close()
-	}
-	if err != nil {
-		drop()
-		return "", nil, err
-	}
-	return u.String(), drop, nil
 }
 
 // createScript is the api's create transaction with a fresh Idempotency-Key, written

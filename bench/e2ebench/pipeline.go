@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,10 +18,10 @@ import (
 
 	"github.com/IBM/sarama"
 
+	"github.com/orderpipe/orderpipe/bench"
 	"github.com/orderpipe/orderpipe/events"
 	"github.com/orderpipe/orderpipe/internal/postgres"
 	"github.com/orderpipe/orderpipe/kafkaconf"
-	"github.com/orderpipe/orderpipe/schema"
 )
 
 // layout is how many worker and relay processes a pipeline runs, and how many
@@ -86,7 +85,7 @@ func startPipeline(ctx context.Context, binDir, logDir string, l layout) (p *pip
 			p.stop()
 		}
 	}()
-	if p.dbURL, p.dropDB, err = freshDB(ctx); err != nil {
+	if p.dbURL, p.dropDB, err = bench.FreshDB(ctx, *adminURL, "bench_e2e"); err != nil {
 		return nil, err
 	}
 	if l.partitions > 0 {
@@ -376,33 +375,4 @@ func createTopics(prefix string, n int) error {
 		}
 	}
 	return nil
-}
-
-// freshDB creates a migrated database and returns its URL and a func dropping it.
-func freshDB(ctx context.Context) (string, func(), error) {
-	admin, err := postgres.Open(ctx, *adminURL, 1)
-	if err != nil {
-		return "", nil, err
-	}
-	name := fmt.Sprintf("bench_e2e_%d", time.Now().UnixNano())
-	if _, err := admin.ExecContext(ctx, "CREATE DATABASE "+name); err != nil {
-		admin.Close()
-		return "", nil, err
-	}
-	u, _ := url.Parse(*adminURL)
-	u.Path = "/" + name
-	drop := func() {
-		admin.ExecContext(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
-		admin.Close()
-	}
-	db, err := postgres.Open(ctx, u.String(), 1)
-	if err == nil {
-		_, err = schema.Migrate(ctx, db, nil)
-		db.Close()
-	}
-	if err != nil {
-		drop()
-		return "", nil, err
-	}
-	return u.String(), drop, nil
 }

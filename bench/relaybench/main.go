@@ -20,7 +20,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/url"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -35,7 +34,6 @@ import (
 	"github.com/orderpipe/orderpipe/kafkaconf"
 	"github.com/orderpipe/orderpipe/outbox"
 	"github.com/orderpipe/orderpipe/relay"
-	"github.com/orderpipe/orderpipe/schema"
 )
 
 func main() {
@@ -97,33 +95,16 @@ func round(f float64) float64 { return float64(int64(f*10)) / 10 }
 
 // freshDB creates a migrated database for one phase and returns it with a drop func.
 func freshDB(ctx context.Context) (*sql.DB, func(), error) {
-	admin, err := postgres.Open(ctx, *adminURL, 1)
+	dbURL, dropDB, err := bench.FreshDB(ctx, *adminURL, "bench_relay")
 	if err != nil {
 		return nil, nil, err
 	}
-	name := fmt.Sprintf("bench_relay_%d", time.Now().UnixNano())
-	if _, err := admin.ExecContext(ctx, "CREATE DATABASE "+name); err != nil {
-		admin.Close()
-		return nil, nil, err
-	}
-	u, _ := url.Parse(*adminURL)
-	u.Path = "/" + name
-	db, err := postgres.Open(ctx, u.String(), 16)
-	if err == nil {
-		_, err = schema.Migrate(ctx, db, nil)
-	}
-	drop := func() {
-		if db != nil {
-			db.Close()
-		}
-		admin.ExecContext(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
-		admin.Close()
-	}
+	db, err := postgres.Open(ctx, dbURL, 16)
 	if err != nil {
-		drop()
+		dropDB()
 		return nil, nil, err
 	}
-	return db, drop, nil
+	return db, func() { db.Close(); dropDB() }, nil
 }
 
 // startRelay runs a relay in this process until the returned stop is called.
