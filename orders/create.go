@@ -38,9 +38,9 @@ type StoredResponse struct {
 // before, nothing is written: it returns the stored response and replayed=true when the
 // fingerprints match, ErrKeyReused when they do not.
 //
-// It is the api's hot path, so the transaction is pipelined: claim the key (with BEGIN),
-// insert the order, then the outbox row, the response and COMMIT: three round trips
-// instead of six, two without a key. A concurrent request with the same key waits at the
+// It is the api's hot path, so the transaction is pipelined into two round trips instead
+// of six: BEGIN with the key's claim and the order in one statement, then the outbox row,
+// the response and COMMIT. A concurrent request with the same key waits at the
 // claim, on the key's unique index, until the first transaction ends, then replays its
 // answer; so N concurrent identical requests commit one order and give N identical answers.
 func (s *Store) Create(ctx context.Context, n NewOrder, render func(Order) ([]byte, error)) (resp StoredResponse, replayed bool, err error) {
@@ -63,56 +63,36 @@ func (s *Store) Create(ctx context.Context, n NewOrder, render func(Order) ([]by
 }
 
 func (s *Store) create(ctx context.Context, pc *pgx.Conn, n NewOrder, render func(Order) ([]byte, error)) (StoredResponse, bool, error) {
-	// Round trip 1: BEGIN and the key's claim (or BEGIN and the order without a key).
+	// Round trip 1: BEGIN and the order, inserted only if the key (when there is one) was
+	// claimed: the key is new, or it expired.
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
 	if n.Key != "" {
-		b.Queue(`INSERT INTO idempotency_keys (key, request_hash, expires_at)
-			VALUES ($1, $2, now() + make_interval(secs => $3))
-			ON CONFLICT (key) DO UPDATE
-			  SET request_hash = excluded.request_hash, status_code = NULL, response_body = NULL,
-			      order_id = NULL, created_at = now(), expires_at = excluded.expires_at
-			  WHERE idempotency_keys.expires_at <= now()`,
+		b.Queue(claimAndInsertOrderSQL, n.CustomerID, n.Amount.Minor, n.Amount.Currency,
 			n.Key, n.Fingerprint, n.KeyTTL.Seconds())
 	} else {
-		queueInsertOrder(b, n)
+		b.Queue(insertOrderSQL, n.CustomerID, n.Amount.Minor, n.Amount.Currency)
 	}
 	br := pc.SendBatch(ctx, b)
 	if _, err := br.Exec(); err != nil {
 		br.Close()
 		return StoredResponse{}, false, fmt.Errorf("begin: %w", err)
 	}
-	var o Order
-	if n.Key != "" {
-		tag, err := br.Exec()
-		if err != nil {
-			br.Close()
-			return StoredResponse{}, false, fmt.Errorf("claim idempotency key: %w", err)
-		}
-		if err := br.Close(); err != nil {
-			return StoredResponse{}, false, err
-		}
-		if tag.RowsAffected() == 0 {
-			stored, err := storedResponse(ctx, pc, n)
-			return stored, err == nil, err
-		}
-		// Round trip 2: the order (its id and timestamps go into the event).
-		if o, err = scanOrder(pc.QueryRow(ctx, insertOrderSQL, n.CustomerID, n.Amount.Minor, n.Amount.Currency)); err != nil {
-			return StoredResponse{}, false, fmt.Errorf("insert order: %w", err)
-		}
-	} else {
-		var err error
-		o, err = scanOrder(br.QueryRow())
-		if cerr := br.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return StoredResponse{}, false, fmt.Errorf("insert order: %w", err)
-		}
+	o, err := scanOrder(br.QueryRow())
+	if cerr := br.Close(); err == nil {
+		err = cerr
 	}
-	o.CreatedAt, o.UpdatedAt = o.CreatedAt.UTC(), o.UpdatedAt.UTC()
+	if errors.Is(err, ErrNotFound) && n.Key != "" {
+		// The key was answered before, or is being answered by a transaction that has
+		// committed meanwhile (the claim waited for it).
+		stored, err := storedResponse(ctx, pc, n)
+		return stored, err == nil, err
+	}
+	if err != nil {
+		return StoredResponse{}, false, fmt.Errorf("insert order: %w", err)
+	}
 
-	// Last round trip: the outbox row, the stored response and COMMIT.
+	// Round trip 2: the outbox row, the stored response and COMMIT.
 	msg, err := newEventMessage(ctx, events.OrderCreated{ID: o.ID, CustomerID: o.CustomerID,
 		AmountMinor: o.Amount.Minor, Currency: o.Amount.Currency, CreatedAt: o.CreatedAt}, o.CreatedAt)
 	if err != nil {
@@ -156,9 +136,22 @@ func (s *Store) create(ctx context.Context, pc *pgx.Conn, n NewOrder, render fun
 
 const insertOrderSQL = `INSERT INTO orders (customer_id, amount_minor, currency) VALUES ($1, $2, $3) RETURNING ` + orderColumns
 
-func queueInsertOrder(b *pgx.Batch, n NewOrder) {
-	b.Queue(insertOrderSQL, n.CustomerID, n.Amount.Minor, n.Amount.Currency)
-}
+// claimAndInsertOrderSQL claims the idempotency key and inserts the order only if the
+// claim succeeded: the key is new, or its earlier use expired and is overwritten. A
+// concurrent claim of the same key waits on the key's unique index until the first
+// transaction ends; then it inserts nothing (committed) or claims the key (rolled back).
+const claimAndInsertOrderSQL = `WITH claim AS (
+	INSERT INTO idempotency_keys (key, request_hash, expires_at)
+	VALUES ($4, $5, now() + make_interval(secs => $6))
+	ON CONFLICT (key) DO UPDATE
+	  SET request_hash = excluded.request_hash, status_code = NULL, response_body = NULL,
+	      order_id = NULL, created_at = now(), expires_at = excluded.expires_at
+	  WHERE idempotency_keys.expires_at <= now()
+	RETURNING 1
+)
+INSERT INTO orders (customer_id, amount_minor, currency)
+SELECT $1::text, $2::bigint, $3::text FROM claim
+RETURNING ` + orderColumns
 
 // storedResponse reads the answer stored with the key and ends the transaction; the
 // caller's request is a replay (same fingerprint) or a misuse of the key.
