@@ -62,7 +62,7 @@ type daemon struct {
 
 // startDaemon runs bin with env (added to a minimal environment) and waits until
 // healthURL answers 200. The process is stopped (SIGTERM, then SIGKILL) when the test
-// ends; its output is printed if the test failed.
+// ends; if the test failed, its output is saved (see saveLog) and its end printed.
 func startDaemon(t *testing.T, bin string, env []string, healthURL string) *daemon {
 	t.Helper()
 	d := &daemon{name: bin, env: env, healthURL: healthURL, log: &bytes.Buffer{}, done: make(chan struct{})}
@@ -81,7 +81,7 @@ func startDaemon(t *testing.T, bin string, env []string, healthURL string) *daem
 	t.Cleanup(func() {
 		d.stop()
 		if t.Failed() {
-			t.Logf("---- %s output ----\n%s", bin, d.output())
+			d.saveLog(t)
 		}
 	})
 	deadline := time.Now().Add(60 * time.Second)
@@ -140,6 +140,34 @@ func (d *daemon) stop() {
 		d.cmd.Process.Kill()
 		<-d.done
 	}
+}
+
+// logTail is how many lines of a daemon's output a failed test prints.
+const logTail = 40
+
+// saveLog writes the daemon's whole output to a file in E2E_LOG_DIR (default: a
+// directory under the system's temporary directory) and prints its last lines and where
+// the rest is: a failed test's own messages stay readable at the end of a long run.
+func (d *daemon) saveLog(t *testing.T) {
+	out := d.output()
+	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
+	dir := os.Getenv("E2E_LOG_DIR")
+	if dir == "" {
+		dir = filepath.Join(os.TempDir(), "orderpipe-e2e-logs")
+	}
+	dir = filepath.Join(dir, strings.ReplaceAll(t.Name(), "/", "_"))
+	file := filepath.Join(dir, fmt.Sprintf("%s-%d.log", d.name, d.cmd.Process.Pid))
+	where := file
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		where = err.Error()
+	} else if err := os.WriteFile(file, []byte(out), 0o644); err != nil {
+		where = err.Error()
+	}
+	if len(lines) > logTail {
+		lines = lines[len(lines)-logTail:]
+	}
+	t.Logf("---- %s (pid %d): last %d lines; all of it: %s ----\n%s", d.name, d.cmd.Process.Pid,
+		len(lines), where, strings.Join(lines, "\n"))
 }
 
 func (d *daemon) output() string {
