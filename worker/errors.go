@@ -11,10 +11,11 @@ import (
 //
 //   - permanent: no retry can help (an undecodable or unknown event, an order that does
 //     not exist, a request the payment provider rejects). Poisoned at once, no retries.
-//   - transient, the default: the provider answered 5xx, or something else failed that
-//     may pass. Retried with backoff; poisoned with its reason when retries run out.
+//   - transient, the default: the provider answered 500 (or 409: the key is in flight),
+//     or something else failed that may pass. Retried with backoff; poisoned with its
+//     reason when retries run out.
 //   - unavailable: a dependency cannot be reached (Postgres down, the provider not
-//     answering). The message is not at fault, so it is never poisoned: after the
+//     answering) or says it cannot serve now (the provider's 503, 429, 502, 504). The message is not at fault, so it is never poisoned: after the
 //     retries it is nacked and redelivered, holding its partition until the dependency
 //     is back. An outage therefore delays orders but poisons none. A failure caused by
 //     the message's context being cancelled (the worker shutting down, or the partition

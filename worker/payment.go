@@ -69,7 +69,12 @@ func (c *PaymentClient) Charge(ctx context.Context, idempotencyKey string, order
 		}
 		ch.Approved = ch.Status == "approved"
 		return ch, nil
-	case resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusConflict:
+	case resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusTooManyRequests ||
+		resp.StatusCode == http.StatusBadGateway || resp.StatusCode == http.StatusGatewayTimeout:
+		// The provider (or its gateway) is down or shedding load: a state of the service,
+		// not a verdict on this order. Like no answer at all, it holds the order.
+		return Charge{}, unavailable(fmt.Errorf("payment provider answered %d: %.200s", resp.StatusCode, data))
+	case resp.StatusCode >= 500 || resp.StatusCode == http.StatusConflict:
 		return Charge{}, fmt.Errorf("payment provider answered %d: %.200s", resp.StatusCode, data)
 	default:
 		return Charge{}, permanent(fmt.Errorf("payment provider rejected the request with %d: %.200s", resp.StatusCode, data))

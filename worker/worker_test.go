@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -177,7 +178,6 @@ func TestFailures(t *testing.T) {
 		msg           func(f *fixture, t *testing.T) *message.Message
 		wantPermanent bool
 	}{
-		{"provider 503 is transient", answer(503, "busy"), orderMsg, false},
 		{"provider 500 is transient", answer(500, "oops"), orderMsg, false},
 		{"unreadable provider answer is transient", answer(201, "<html>"), orderMsg, false},
 		{"provider 400 is permanent", answer(400, "bad"), orderMsg, true},
@@ -240,6 +240,16 @@ func TestUnavailableIsNeverPoisoned(t *testing.T) {
 			t.Errorf("handle = %v, shouldPoison = %v; want an error that is not poisoned", err, err != nil && shouldPoison(err))
 		}
 	})
+	for _, code := range []int{503, 429, 502, 504} {
+		t.Run(fmt.Sprintf("provider answers %d", code), func(t *testing.T) {
+			f := newFixture(t, answer(code, "maintenance"))
+			_, msg := f.order(t)
+			err := f.w.handle(msg)
+			if err == nil || shouldPoison(err) || isPermanent(err) {
+				t.Errorf("handle = %v, shouldPoison = %v; want an error that is not poisoned", err, err != nil && shouldPoison(err))
+			}
+		})
+	}
 	t.Run("database down", func(t *testing.T) {
 		f := newFixture(t, answer(201, ""))
 		_, msg := f.order(t)
