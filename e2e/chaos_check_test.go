@@ -336,7 +336,7 @@ func (f *faultLog) ended() {
 
 // checkOptions tune the checker for a scenario.
 type checkOptions struct {
-	settle   time.Duration  // how long the pipeline may take to finish after the load
+	settle   time.Duration  // how long the pipeline may go without progress after the load
 	keyless  map[int64]bool // orders the test wrote itself, without an idempotency key
 	noPoison bool           // nothing may be poisoned
 }
@@ -718,7 +718,10 @@ func (p *pipeline) check(t *testing.T, tr *traffic, faults *faultLog, pr *progre
 	return r
 }
 
-// settle waits until the pipeline has finished (or timeout passed) and returns its state.
+// settle waits until the pipeline has finished and returns its state. It gives up after
+// timeout without progress (orders decided, records on Kafka), or after five times
+// timeout in all: a pipeline that is slow on a busy machine still settles, one that is
+// stuck does not, and what is unfinished then is reported as lost.
 func (p *pipeline) settle(t *testing.T, timeout time.Duration) *snapshot {
 	t.Helper()
 	db, err := postgres.Open(context.Background(), p.dbURL, 2)
@@ -726,13 +729,25 @@ func (p *pipeline) settle(t *testing.T, timeout time.Duration) *snapshot {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	var s *snapshot
-	deadline := time.Now().Add(timeout)
+	var (
+		s        *snapshot
+		start    = time.Now()
+		done     = -1 // progress at the last look
+		progress = start
+	)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		s, err = p.state(ctx, db)
 		cancel()
-		if err == nil && s.settled() || time.Now().After(deadline) {
+		if err == nil && s.settled() {
+			break
+		}
+		if err == nil && s.progress() > done {
+			done, progress = s.progress(), time.Now()
+		}
+		if time.Since(progress) > timeout || time.Since(start) > 5*timeout {
+			t.Logf("the pipeline did not settle within %s (%s without progress)",
+				time.Since(start).Round(time.Second), time.Since(progress).Round(time.Second))
 			break
 		}
 		time.Sleep(2 * time.Second)
@@ -741,6 +756,20 @@ func (p *pipeline) settle(t *testing.T, timeout time.Duration) *snapshot {
 		t.Fatalf("checker cannot read the pipeline's state: %v", err)
 	}
 	return s
+}
+
+// progress counts what the pipeline has done: orders decided and records on Kafka.
+func (s *snapshot) progress() int {
+	n := 0
+	for _, o := range s.orders {
+		if o.status != "PENDING" {
+			n++
+		}
+	}
+	for _, ms := range s.kafka {
+		n += len(ms)
+	}
+	return n
 }
 
 // checkCache is I7: after settle, what the API serves (through Redis) equals Postgres.
