@@ -1,8 +1,13 @@
 package e2e
 
 import (
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
@@ -125,5 +130,38 @@ func TestCheckerCatchesEachViolation(t *testing.T) {
 			}
 			t.Errorf("no %s violation; got %v", tc.want, r.violations)
 		})
+	}
+}
+
+// TestCacheCheck: I7 forgives a PENDING read of a decided order only for as long as a
+// PENDING cache entry lives, and never a wrong final status.
+func TestCacheCheck(t *testing.T) {
+	start := time.Now()
+	served := map[int64]func() string{
+		1: func() string { return "PAID" }, // agrees
+		2: func() string { // a stale PENDING entry that expires after a second
+			if time.Since(start) < time.Second {
+				return "PENDING"
+			}
+			return "PAID"
+		},
+		3: func() string { return "PENDING" },        // stale for good
+		4: func() string { return "PAYMENT_FAILED" }, // wrong final status
+	}
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id, err := strconv.ParseInt(strings.TrimPrefix(r.URL.Path, "/orders/"), 10, 64)
+		if err != nil || served[id] == nil {
+			http.NotFound(w, r)
+			return
+		}
+		fmt.Fprintf(w, `{"id":%d,"status":%q}`, id, served[id]())
+	}))
+	defer api.Close()
+	s := &snapshot{orders: map[int64]dbOrder{1: {"PAID", 2}, 2: {"PAID", 2}, 3: {"PAID", 2}, 4: {"PAID", 2}}}
+	r := &result{}
+	(&pipeline{apiURL: api.URL}).checkCache(r, s)
+	got := strings.Join(r.violations, "\n")
+	if len(r.violations) != 2 || !strings.Contains(got, "/orders/3 says PENDING") || !strings.Contains(got, "/orders/4 says PAYMENT_FAILED") {
+		t.Errorf("violations:\n%s\nwant exactly orders 3 (stale for good) and 4 (wrong status)", got)
 	}
 }

@@ -38,6 +38,9 @@ type CacheConfig struct {
 	PendingTTL time.Duration
 }
 
+// DefaultPendingTTL is CacheConfig.PendingTTL's default.
+const DefaultPendingTTL = 2 * time.Second
+
 func (c *CacheConfig) setDefaults() {
 	if c.KeyPrefix == "" {
 		c.KeyPrefix = "order:"
@@ -49,7 +52,7 @@ func (c *CacheConfig) setDefaults() {
 		c.FinalTTL = time.Hour
 	}
 	if c.PendingTTL == 0 {
-		c.PendingTTL = 2 * time.Second
+		c.PendingTTL = DefaultPendingTTL
 	}
 }
 
