@@ -123,7 +123,7 @@ func run() error {
 		"pgbench_create_tps":    float64(int(tps)),
 		"db_limit_orders_per_s": float64(int(whole)),
 		"api_create_rps":        float64(int(max.rate)),
-		"api_ratio":             float64(int(ratio*100)) / 100,
+		"api_ratio":             ratio,
 		"api_p99_ms":            bench.Ms(at70.p99),
 		"api_p50_ms":            bench.Ms(at70.p50),
 		"api_max_load_p99_ms":   bench.Ms(max.p99),
