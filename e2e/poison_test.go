@@ -138,13 +138,14 @@ func topicRecords(t *testing.T, topic string) int64 {
 }
 
 // gateway stands between the workers and paymentsim, as a provider's front end would.
-// While it is down for maintenance it answers 503 to every charge of an amount ending in
-// 44 (minor units): the cause of the poisoning that the test later removes. Everything
+// While its card processor is broken it answers 500 to every charge of an amount ending
+// in 44 (minor units): the cause of the poisoning that the test later removes. (A 503
+// would not do: the worker holds such orders, it does not poison them.) Everything
 // else goes through to paymentsim untouched.
 type gateway struct {
-	URL   string
-	down  atomic.Bool
-	proxy atomic.Pointer[httputil.ReverseProxy]
+	URL     string
+	failing atomic.Bool
+	proxy   atomic.Pointer[httputil.ReverseProxy]
 }
 
 func startGateway(t *testing.T) *gateway {
@@ -161,14 +162,14 @@ func (g *gateway) forwardTo(rawURL string) {
 }
 
 func (g *gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if g.down.Load() && r.Method == http.MethodPost && r.URL.Path == "/payments" {
+	if g.failing.Load() && r.Method == http.MethodPost && r.URL.Path == "/payments" {
 		body, _ := io.ReadAll(r.Body)
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		var charge struct {
 			Amount int64 `json:"amount"`
 		}
 		if json.Unmarshal(body, &charge) == nil && charge.Amount%100 == 44 {
-			http.Error(w, "gateway maintenance", http.StatusServiceUnavailable)
+			http.Error(w, "card processor error", http.StatusInternalServerError)
 			return
 		}
 	}
@@ -238,21 +239,21 @@ func journalReplays(t *testing.T, path string) map[string]int {
 }
 
 // TestPoisonReplayEndToEnd poisons messages through real failures — a payment gateway
-// down for some orders, a provider failing one order for good, garbage on the orders
+// failing some orders, a provider failing one order for good, garbage on the orders
 // topic — lists and inspects them with orderctl, checks that mistakes publish nothing,
 // removes the cause, replays exactly the gateway's victims (once interrupted and
 // resumed) and finds each of them PAID with one charge; a second replay changes nothing,
 // and the loop guard stops the order whose cause remains.
 func TestPoisonReplayEndToEnd(t *testing.T) {
 	gw := startGateway(t)
-	gw.down.Store(true)
+	gw.failing.Store(true)
 	p := startPipeline(t, options{workerEnv: append([]string{"PAYMENT_URL=" + gw.URL}, fastRetries...)})
 	gw.forwardTo(p.paymentURL)
 	ordersTopic, poisonTopic := p.topicPrefix+events.TopicOrders, p.topicPrefix+events.TopicOrdersPoison
 	dir := t.TempDir()
 
 	good := p.create(t, "8", "USD")
-	var victims []int64 // their charges meet the gateway's maintenance
+	var victims []int64 // their charges meet the gateway's broken processor
 	for range 3 {
 		victims = append(victims, p.create(t, "8.44", "USD"))
 	}
@@ -269,9 +270,9 @@ func TestPoisonReplayEndToEnd(t *testing.T) {
 	p.waitStatus(t, good, "PAID", 60*time.Second)
 	id := func(n int64) string { return strconv.FormatInt(n, 10) }
 	wantReason := map[string]string{
-		id(victims[0]): "payment provider answered 503: gateway maintenance",
-		id(victims[1]): "payment provider answered 503: gateway maintenance",
-		id(victims[2]): "payment provider answered 503: gateway maintenance",
+		id(victims[0]): "payment provider answered 500: card processor error",
+		id(victims[1]): "payment provider answered 500: card processor error",
+		id(victims[2]): "payment provider answered 500: card processor error",
 		id(hopeless):   "payment provider answered 500",
 		"g-1":          "malformed event",
 		"g-2":          "unknown event type",
@@ -304,7 +305,7 @@ func TestPoisonReplayEndToEnd(t *testing.T) {
 	}
 	victimPositions := []string{pos[id(victims[0])], pos[id(victims[1])], pos[id(victims[2])]}
 	if r := poisonCtl(t, p, nil, "show", pos[id(victims[0])]); r.code != 0 ||
-		!strings.Contains(r.stdout, "gateway maintenance") || !strings.Contains(r.stdout, `"orderId": `+id(victims[0])+",") {
+		!strings.Contains(r.stdout, "card processor error") || !strings.Contains(r.stdout, `"orderId": `+id(victims[0])+",") {
 		t.Errorf("show %s: want the reason and the indented payload: %s", pos[id(victims[0])], r)
 	}
 	var stats struct {
@@ -330,21 +331,21 @@ func TestPoisonReplayEndToEnd(t *testing.T) {
 		stderr string
 	}{
 		{nil, []string{"replay"}, 2, "give a selection"},
-		{nil, []string{"replay", "--reason", "gateway", "--max-replays", "0"}, 2, "--max-replays 0"},
+		{nil, []string{"replay", "--reason", "processor", "--max-replays", "0"}, 2, "--max-replays 0"},
 		{nil, []string{"list", "--limit", "-1"}, 2, "-limit"},
 		{nil, []string{"list", "--since", "yesterday"}, 2, "-since"},
 		{nil, []string{"show", "1"}, 2, "PARTITION:OFFSET"},
 		{nil, []string{"frobnicate"}, 2, "unknown command"},
 		{nil, []string{"show", "0:999999"}, 1, "no message at 0:999999"},
-		{nil, []string{"replay", "--reason", "gateway maintenance", "--journal", journal}, 1, "pass --yes"},
-		{unreachable, []string{"replay", "--reason", "gateway maintenance", "--yes", "--journal", journal}, 1, "is not reachable"},
+		{nil, []string{"replay", "--reason", "card processor error", "--journal", journal}, 1, "pass --yes"},
+		{unreachable, []string{"replay", "--reason", "card processor error", "--yes", "--journal", journal}, 1, "is not reachable"},
 	} {
 		if r := poisonCtl(t, p, tc.env, tc.args...); r.code != tc.code || !strings.Contains(r.stderr, tc.stderr) {
 			t.Errorf("poison %q: want exit %d and %q on stderr; got %s", tc.args, tc.code, tc.stderr, r)
 		}
 	}
 	// A dry run lists what it would do and does nothing.
-	r := poisonCtl(t, p, nil, "replay", "--reason", "gateway maintenance", "--dry-run", "--journal", journal)
+	r := poisonCtl(t, p, nil, "replay", "--reason", "card processor error", "--dry-run", "--journal", journal)
 	if r.code != 0 || linesStarting(r.stdout, "would replay ") != 3 {
 		t.Errorf("dry run: want 3 'would replay' lines: %s", r)
 	}
@@ -363,12 +364,12 @@ func TestPoisonReplayEndToEnd(t *testing.T) {
 
 	// The cause is removed. A replay stopped after one message (--limit) and run again
 	// replays each victim exactly once, and nothing else.
-	gw.down.Store(false)
-	if r := poisonCtl(t, p, nil, "replay", "--reason", "gateway maintenance", "--yes", "--limit", "1", "--journal", journal); r.code != 0 ||
+	gw.failing.Store(false)
+	if r := poisonCtl(t, p, nil, "replay", "--reason", "card processor error", "--yes", "--limit", "1", "--journal", journal); r.code != 0 ||
 		!strings.Contains(r.stdout, "replayed 1, already replayed 0, skipped 0 of 1 selected") {
 		t.Fatalf("first part of the replay: %s", r)
 	}
-	if r := poisonCtl(t, p, nil, "replay", "--reason", "gateway maintenance", "--yes", "--journal", journal); r.code != 0 ||
+	if r := poisonCtl(t, p, nil, "replay", "--reason", "card processor error", "--yes", "--journal", journal); r.code != 0 ||
 		!strings.Contains(r.stdout, "replayed 2, already replayed 1, skipped 0 of 3 selected") {
 		t.Fatalf("resumed replay: %s", r)
 	}
@@ -410,7 +411,7 @@ func TestPoisonReplayEndToEnd(t *testing.T) {
 	ids := append([]int64{good}, victims...)
 	before := p.snapshot(t, ids)
 	handled := metricSum(t, p.workers[0], "worker_messages_total")
-	if r := poisonCtl(t, p, nil, "replay", "--reason", "gateway maintenance", "--yes", "--journal", filepath.Join(dir, "again.journal")); r.code != 0 ||
+	if r := poisonCtl(t, p, nil, "replay", "--reason", "card processor error", "--yes", "--journal", filepath.Join(dir, "again.journal")); r.code != 0 ||
 		!strings.Contains(r.stdout, "replayed 3, already replayed 0") {
 		t.Fatalf("second replay: %s", r)
 	}
