@@ -78,11 +78,7 @@ func TestCacheHitAndInvalidation(t *testing.T) {
 		t.Fatalf("amount = %s, want the planted 42.42: GET did not read the cache", o.Amount)
 	}
 
-	var paid orders.Order
-	err = f.store.InTx(ctx, func(tx *orders.Tx) (err error) {
-		paid, err = tx.MarkPaid(ctx, 1, "pay_1")
-		return err
-	})
+	paid, _, err := f.store.RecordOutcome(ctx, "payment", "msg-1", 1, orders.Outcome{PaymentID: "pay_1", Approved: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -50,45 +50,6 @@ func (s *Store) Get(ctx context.Context, id int64) (Order, error) {
 	return o, err
 }
 
-// Tx is one unit of work: everything done through it commits or rolls back together.
-type Tx struct {
-	tx     *sql.Tx
-	outbox *outbox.Outbox
-}
-
-// InTx runs fn in a transaction and commits if fn returns nil. The commit's own error is
-// returned: an order is only created if that is nil.
-func (s *Store) InTx(ctx context.Context, fn func(*Tx) error) (err error) {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("begin: %w", err)
-	}
-	defer func() {
-		if p := recover(); p != nil {
-			_ = tx.Rollback()
-			panic(p)
-		}
-		if err != nil {
-			_ = tx.Rollback()
-		}
-	}()
-	if err := fn(&Tx{tx: tx, outbox: s.outbox}); err != nil {
-		return err
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("commit: %w", err)
-	}
-	return nil
-}
-
-func (t *Tx) publish(ctx context.Context, e events.Event, at time.Time) error {
-	msg, err := newEventMessage(ctx, e, at)
-	if err != nil {
-		return err
-	}
-	return t.outbox.Publish(t.tx, e.Topic(), msg)
-}
-
 // newEventMessage wraps an event for the outbox with what ctx knows about its cause.
 func newEventMessage(ctx context.Context, e events.Event, at time.Time) (*message.Message, error) {
 	msg, err := events.NewMessage(e, at)
@@ -102,66 +63,6 @@ func newEventMessage(ctx context.Context, e events.Event, at time.Time) (*messag
 	// the parent of the relay's and, through it, the consumer's spans: one trace.
 	tracing.Inject(ctx, msg.Metadata)
 	return msg, nil
-}
-
-// MarkPaid moves a PENDING order to PAID and records PaymentSucceeded.
-func (t *Tx) MarkPaid(ctx context.Context, id int64, paymentID string) (Order, error) {
-	o, err := t.finish(ctx, id, StatusPaid)
-	if err != nil {
-		return Order{}, err
-	}
-	err = t.publish(ctx, events.PaymentSucceeded{
-		ID: o.ID, PaymentID: paymentID, AmountMinor: o.Amount.Minor,
-		Currency: o.Amount.Currency, PaidAt: o.UpdatedAt,
-	}, o.UpdatedAt)
-	return o, err
-}
-
-// MarkPaymentFailed moves a PENDING order to PAYMENT_FAILED and records PaymentFailed.
-func (t *Tx) MarkPaymentFailed(ctx context.Context, id int64, paymentID, reason string) (Order, error) {
-	o, err := t.finish(ctx, id, StatusPaymentFailed)
-	if err != nil {
-		return Order{}, err
-	}
-	err = t.publish(ctx, events.PaymentFailed{
-		ID: o.ID, PaymentID: paymentID, Reason: reason, FailedAt: o.UpdatedAt,
-	}, o.UpdatedAt)
-	return o, err
-}
-
-// finish moves the order forward from PENDING only: a late or repeated outcome can never
-// roll a final status back.
-func (t *Tx) finish(ctx context.Context, id int64, to Status) (Order, error) {
-	o, err := scanOrder(t.tx.QueryRowContext(ctx,
-		`UPDATE orders SET status = $2, version = version + 1, updated_at = now()
-		 WHERE id = $1 AND status = 'PENDING' RETURNING `+orderColumns, id, to))
-	if errors.Is(err, ErrNotFound) {
-		var exists bool
-		if err := t.tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM orders WHERE id = $1)`, id).Scan(&exists); err != nil {
-			return Order{}, fmt.Errorf("order %d: %w", id, err)
-		}
-		if exists {
-			return Order{}, fmt.Errorf("order %d: %w", id, ErrNotPending)
-		}
-		return Order{}, fmt.Errorf("order %d: %w", id, ErrNotFound)
-	}
-	if err != nil {
-		return Order{}, fmt.Errorf("set order %d %s: %w", id, to, err)
-	}
-	return o, nil
-}
-
-// MarkProcessed records that handler processed the message. It reports false if it had
-// already been recorded: the caller must then do nothing (a redelivery).
-func (t *Tx) MarkProcessed(ctx context.Context, handler, messageID string) (bool, error) {
-	res, err := t.tx.ExecContext(ctx,
-		`INSERT INTO processed_messages (handler, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`,
-		handler, messageID)
-	if err != nil {
-		return false, fmt.Errorf("record message %s: %w", messageID, err)
-	}
-	n, err := res.RowsAffected()
-	return n == 1, err
 }
 
 // ListFilter selects orders for List. Zero fields do not filter.

@@ -114,11 +114,7 @@ func TestEventsCarryTheCorrelationID(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = s.InTx(ctx, func(tx *orders.Tx) error {
-		_, err := tx.MarkPaid(ctx, resp.OrderID, "pay_1")
-		return err
-	})
-	if err != nil {
+	if _, _, err := s.RecordOutcome(ctx, "payment", "msg-1", resp.OrderID, orders.Outcome{PaymentID: "pay_1", Approved: true}); err != nil {
 		t.Fatal(err)
 	}
 	for _, r := range outboxRows(t, db) {
@@ -144,62 +140,6 @@ func TestFailedTransactionLeavesNothing(t *testing.T) {
 	// The connection went back to the pool usable, outside any transaction.
 	if o := create(t, s); o.ID == 0 {
 		t.Error("no order created after a failed one")
-	}
-}
-
-func TestStatusMovesForwardOnly(t *testing.T) {
-	s, db := newStore(t)
-	ctx := context.Background()
-	o := create(t, s)
-
-	var paid orders.Order
-	if err := s.InTx(ctx, func(tx *orders.Tx) (err error) {
-		paid, err = tx.MarkPaid(ctx, o.ID, "pay_1")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if paid.Status != orders.StatusPaid || paid.Version != 2 {
-		t.Errorf("after MarkPaid: %s version %d, want PAID version 2", paid.Status, paid.Version)
-	}
-	err := s.InTx(ctx, func(tx *orders.Tx) error {
-		_, err := tx.MarkPaymentFailed(ctx, o.ID, "pay_2", "late decline")
-		return err
-	})
-	if !errors.Is(err, orders.ErrNotPending) {
-		t.Errorf("MarkPaymentFailed on a PAID order = %v, want ErrNotPending", err)
-	}
-	err = s.InTx(ctx, func(tx *orders.Tx) error {
-		_, err := tx.MarkPaid(ctx, 999, "pay_3")
-		return err
-	})
-	if !errors.Is(err, orders.ErrNotFound) {
-		t.Errorf("MarkPaid on an unknown order = %v, want ErrNotFound", err)
-	}
-	got, _ := s.Get(ctx, o.ID)
-	if got.Status != orders.StatusPaid {
-		t.Errorf("status = %s, want PAID to stand", got.Status)
-	}
-	rows := outboxRows(t, db)
-	if len(rows) != 2 || rows[1].Metadata[events.MetaType] != events.TypePaymentSucceeded || rows[1].DestinationTopic != "pre.payments" {
-		t.Fatalf("outbox = %+v, want OrderCreated then one PaymentSucceeded to pre.payments", rows)
-	}
-}
-
-func TestMarkProcessedOnce(t *testing.T) {
-	s, _ := newStore(t)
-	ctx := context.Background()
-	for i, want := range []bool{true, false} {
-		var first bool
-		if err := s.InTx(ctx, func(tx *orders.Tx) (err error) {
-			first, err = tx.MarkProcessed(ctx, "payment", "msg-1")
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		if first != want {
-			t.Errorf("delivery %d: MarkProcessed = %v, want %v", i+1, first, want)
-		}
 	}
 }
 
