@@ -743,8 +743,10 @@ func (p *pipeline) settle(t *testing.T, timeout time.Duration) *snapshot {
 		if err == nil && s.settled() {
 			break
 		}
-		if err == nil && s.progress() > done {
-			done, progress = s.progress(), time.Now()
+		if err == nil {
+			if n := s.progress(); n > done {
+				done, progress = n, time.Now()
+			}
 		}
 		if time.Since(progress) > timeout || time.Since(start) > 5*timeout {
 			t.Logf("the pipeline did not settle within %s (%s without progress)",
