@@ -1,12 +1,13 @@
 package relay_test
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"fmt"
-	"io"
 	"log/slog"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,8 +19,6 @@ import (
 	"github.com/orderpipe/orderpipe/outbox"
 	"github.com/orderpipe/orderpipe/relay"
 )
-
-var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // publish writes one event for order id into the outbox within tx and returns its id.
 func publish(t *testing.T, tx *sql.Tx, prefix string, id int64) string {
@@ -61,6 +60,24 @@ func commitEvents(t *testing.T, db *sql.DB, prefix string, ids ...int64) []strin
 	return out
 }
 
+// lockedBuffer is a bytes.Buffer safe for the relay's goroutines and the test.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
 // startRelay runs a relay until the test ends (or stop is called).
 func startRelay(t *testing.T, db *sql.DB, cfg relay.Config) (stop func()) {
 	t.Helper()
@@ -70,10 +87,25 @@ func startRelay(t *testing.T, db *sql.DB, cfg relay.Config) (stop func()) {
 	if cfg.PollInterval == 0 {
 		cfg.PollInterval = 5 * time.Millisecond
 	}
-	r, err := relay.New(db, cfg, quiet)
+	// The relay's log is kept and printed, with where it stands in the outbox, if the
+	// test fails: a row that never reached Kafka must be traceable to what the relay saw.
+	var logBuf lockedBuffer
+	r, err := relay.New(db, cfg, slog.New(slog.NewTextHandler(&logBuf, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		var rows, dead int
+		var pos string
+		db.QueryRow(`SELECT count(*) FROM watermill_outbox`).Scan(&rows)
+		db.QueryRow(`SELECT count(*) FROM outbox_dead_letters`).Scan(&dead)
+		db.QueryRow(`SELECT string_agg(consumer_group || ' at ' || last_processed_transaction_id::text || '/' || offset_acked, ', ')
+			FROM watermill_offsets_outbox`).Scan(&pos)
+		t.Logf("outbox: %d rows, %d dead letters, positions: %s; relay log:\n%s", rows, dead, pos, logBuf.String())
+	})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
