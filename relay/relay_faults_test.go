@@ -16,6 +16,7 @@ import (
 
 	"github.com/orderpipe/orderpipe/events"
 	"github.com/orderpipe/orderpipe/internal/testenv"
+	"github.com/orderpipe/orderpipe/kafkaconf"
 	"github.com/orderpipe/orderpipe/outbox"
 	"github.com/orderpipe/orderpipe/relay"
 )
@@ -58,6 +59,37 @@ func commitEvents(t *testing.T, db *sql.DB, prefix string, ids ...int64) []strin
 		}
 	}
 	return out
+}
+
+// createTopic creates a topic and waits until every partition has a leader.
+func createTopic(t *testing.T, name string, partitions int32) {
+	t.Helper()
+	admin, err := sarama.NewClusterAdmin(testenv.Brokers(), kafkaconf.Producer("relay-test"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	if err := admin.CreateTopic(name, &sarama.TopicDetail{NumPartitions: partitions, ReplicationFactor: 1}, false); err != nil {
+		t.Fatalf("create topic %s: %v", name, err)
+	}
+	client, err := sarama.NewClient(testenv.Brokers(), kafkaconf.Producer("relay-test"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		ready := client.RefreshMetadata(name) == nil
+		for p := int32(0); ready && p < partitions; p++ {
+			_, err := client.Leader(name, p)
+			ready = err == nil
+		}
+		if ready {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("topic %s has no leader for every partition after 30s", name)
+		}
+	}
 }
 
 // lockedBuffer is a bytes.Buffer safe for the relay's goroutines and the test.
@@ -190,6 +222,10 @@ func TestPerOrderOrder(t *testing.T) {
 		key := strconv.FormatInt(ids[i], 10)
 		want[key] = append(want[key], ce)
 	}
+	// The topic exists before the relay starts. Left to auto-creation on a freshly started
+	// broker under load, this burst once lost its first ~50 records although every send
+	// was acknowledged (an open finding: README, "Known problems"); this test is about order.
+	createTopic(t, prefix+events.TopicOrders, 8)
 	startRelay(t, db, relay.Config{BatchSize: 37}) // batches cut across orders
 	got, _ := ceIDsByKey(t, prefix+events.TopicOrders, len(ids))
 	for key, w := range want {
