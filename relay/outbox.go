@@ -50,12 +50,17 @@ func loadPosition(ctx context.Context, conn *sql.Conn, group string) (position, 
 // a transaction that is still running, or that began after the oldest running one, wait
 // for the next read. The primary key serves the range scan, so a read costs the same
 // however long the backlog.
+//
+// The transaction id travels as text, so the output column has its own name and ORDER BY
+// names the table's column: a bare "ORDER BY transaction_id" would bind to an output
+// column of that name and sort the ids as text ("10" before "9"). It did once; a batch
+// then began past rows never sent whenever the cluster's ids crossed a power of ten.
 func readBatch(ctx context.Context, conn *sql.Conn, pos position, limit int) ([]row, error) {
-	rs, err := conn.QueryContext(ctx, `SELECT transaction_id::text, "offset", uuid, payload::text, created_at
-		FROM watermill_outbox
-		WHERE (transaction_id, "offset") > ($1::xid8, $2)
-		  AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-		ORDER BY transaction_id, "offset"
+	rs, err := conn.QueryContext(ctx, `SELECT o.transaction_id::text AS tx_id, o."offset", o.uuid, o.payload::text AS payload_text, o.created_at
+		FROM watermill_outbox o
+		WHERE (o.transaction_id, o."offset") > ($1::xid8, $2)
+		  AND o.transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+		ORDER BY o.transaction_id, o."offset"
 		LIMIT $3`, pos.txID, pos.offset, limit)
 	if err != nil {
 		return nil, err
