@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -25,6 +26,9 @@ type position struct {
 	txID   string
 	offset int64
 }
+
+// String is the position as transaction id/offset.
+func (p position) String() string { return p.txID + "/" + strconv.FormatInt(p.offset, 10) }
 
 type row struct {
 	pos       position

@@ -258,6 +258,11 @@ func (r *Relay) forward(ctx context.Context, conn *sql.Conn, pos position) error
 		backoff.reset()
 		acked := time.Now()
 		last := rows[len(rows)-1].pos
+		if r.logger.Enabled(ctx, slog.LevelDebug) {
+			// Which rows went out in which batch: what shows a row skipped or sent twice.
+			r.logger.Debug("batch sent", "first", rows[0].pos.String(), "last", last.String(),
+				"rows", len(rows), "messages", len(msgs))
+		}
 		// The batch is on Kafka: save the position even if shutdown began meanwhile.
 		saveCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		err = savePosition(saveCtx, conn, r.cfg.ConsumerGroup, last, dead)

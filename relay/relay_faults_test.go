@@ -91,7 +91,7 @@ func startRelay(t *testing.T, db *sql.DB, cfg relay.Config) (stop func()) {
 	// The relay's log is kept and printed, with where it stands in the outbox, if the
 	// test fails: a row that never reached Kafka must be traceable to what the relay saw.
 	var logBuf lockedBuffer
-	r, err := relay.New(db, cfg, slog.New(slog.NewTextHandler(&logBuf, nil)))
+	r, err := relay.New(db, cfg, slog.New(slog.NewTextHandler(&logBuf, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
 		t.Fatal(err)
 	}
