@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/orderpipe/orderpipe/events"
@@ -38,11 +39,14 @@ type StoredResponse struct {
 // before, nothing is written: it returns the stored response and replayed=true when the
 // fingerprints match, ErrKeyReused when they do not.
 //
-// It is the api's hot path, so the transaction is pipelined into two round trips instead
-// of six: BEGIN with the key's claim and the order in one statement, then the outbox row,
-// the response and COMMIT. A concurrent request with the same key waits at the
-// claim, on the key's unique index, until the first transaction ends, then replays its
-// answer; so N concurrent identical requests commit one order and give N identical answers.
+// It is the api's hot path, so it takes one round trip: the order's id is drawn ahead
+// (idSource) and its timestamps are the api's clock, so the response and the event are
+// built before anything is sent, and BEGIN, the order, the key with its response, the
+// event and COMMIT go out as one pipelined batch. A key that exists makes the batch fail
+// on the key's unique index; only then does a second path claim the key (if it expired)
+// or replay its answer. A concurrent request with the same key waits on that index until
+// the first transaction ends, so N concurrent identical requests commit one order and
+// give N identical answers.
 func (s *Store) Create(ctx context.Context, n NewOrder, render func(Order) ([]byte, error)) (resp StoredResponse, replayed bool, err error) {
 	conn, err := s.db.Conn(ctx)
 	if err != nil {
@@ -63,42 +67,20 @@ func (s *Store) Create(ctx context.Context, n NewOrder, render func(Order) ([]by
 }
 
 func (s *Store) create(ctx context.Context, pc *pgx.Conn, n NewOrder, render func(Order) ([]byte, error)) (StoredResponse, bool, error) {
-	// Round trip 1: BEGIN and the order, inserted only if the key (when there is one) was
-	// claimed: the key is new, or it expired.
-	b := &pgx.Batch{}
-	b.Queue("BEGIN")
-	if n.Key != "" {
-		b.Queue(claimAndInsertOrderSQL, n.CustomerID, n.Amount.Minor, n.Amount.Currency,
-			n.Key, n.Fingerprint, n.KeyTTL.Seconds())
-	} else {
-		b.Queue(insertOrderSQL, n.CustomerID, n.Amount.Minor, n.Amount.Currency)
-	}
-	br := pc.SendBatch(ctx, b)
-	if _, err := br.Exec(); err != nil {
-		br.Close()
-		return StoredResponse{}, false, fmt.Errorf("begin: %w", err)
-	}
-	o, err := scanOrder(br.QueryRow())
-	if cerr := br.Close(); err == nil {
-		err = cerr
-	}
-	if errors.Is(err, ErrNotFound) && n.Key != "" {
-		// The key was answered before, or is being answered by a transaction that has
-		// committed meanwhile (the claim waited for it).
-		stored, err := storedResponse(ctx, pc, n)
-		return stored, err == nil, err
-	}
+	id, err := s.ids.take(ctx, pc)
 	if err != nil {
-		return StoredResponse{}, false, fmt.Errorf("insert order: %w", err)
+		return StoredResponse{}, false, err
 	}
-
-	// Round trip 2: the outbox row, the stored response and COMMIT.
+	// Postgres keeps microseconds: the stored time is the one rendered.
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	o := Order{ID: id, CustomerID: n.CustomerID, Amount: n.Amount, Status: StatusPending, Version: 1,
+		CreatedAt: now, UpdatedAt: now}
 	msg, err := newEventMessage(ctx, events.OrderCreated{ID: o.ID, CustomerID: o.CustomerID,
 		AmountMinor: o.Amount.Minor, Currency: o.Amount.Currency, CreatedAt: o.CreatedAt}, o.CreatedAt)
 	if err != nil {
 		return StoredResponse{}, false, err
 	}
-	query, args, err := s.outbox.InsertQuery(events.TopicOrders, msg)
+	eventSQL, eventArgs, err := s.outbox.InsertQuery(events.TopicOrders, msg)
 	if err != nil {
 		return StoredResponse{}, false, err
 	}
@@ -107,34 +89,89 @@ func (s *Store) create(ctx context.Context, pc *pgx.Conn, n NewOrder, render fun
 		return StoredResponse{}, false, err
 	}
 	resp := StoredResponse{StatusCode: 201, Body: body, OrderID: o.ID}
-	b = &pgx.Batch{}
-	b.Queue(query, args...)
+	orderArgs := []any{o.ID, o.CustomerID, o.Amount.Minor, o.Amount.Currency, o.CreatedAt}
+
+	// The one round trip.
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue(insertOrderSQL, orderArgs...)
 	if n.Key != "" {
-		b.Queue(`UPDATE idempotency_keys SET status_code = $2, response_body = $3, order_id = $4 WHERE key = $1`,
-			n.Key, resp.StatusCode, resp.Body, resp.OrderID)
+		b.Queue(`INSERT INTO idempotency_keys (key, request_hash, expires_at, status_code, response_body, order_id)
+			VALUES ($1, $2, now() + make_interval(secs => $3), $4, $5, $6)`,
+			n.Key, n.Fingerprint, n.KeyTTL.Seconds(), resp.StatusCode, resp.Body, resp.OrderID)
 	}
+	b.Queue(eventSQL, eventArgs...)
 	b.Queue("COMMIT")
-	br = pc.SendBatch(ctx, b)
-	defer br.Close()
-	if _, err := br.Exec(); err != nil {
-		return StoredResponse{}, false, fmt.Errorf("outbox insert: %w", err)
-	}
-	if n.Key != "" {
-		if _, err := br.Exec(); err != nil {
-			return StoredResponse{}, false, fmt.Errorf("save idempotent response: %w", err)
+	err = commitBatch(ctx, pc, b)
+	if n.Key == "" || !isKeyConflict(err) {
+		if err != nil {
+			return StoredResponse{}, false, fmt.Errorf("create order: %w", err)
 		}
+		return resp, false, nil
 	}
-	tag, err := br.Exec()
+
+	// The key exists. Claim it if it expired, with the order in the same statement;
+	// otherwise (the claim waited for a transaction that committed it) replay its answer.
+	if _, err := pc.Exec(ctx, "ROLLBACK"); err != nil {
+		return StoredResponse{}, false, fmt.Errorf("rollback: %w", err)
+	}
+	b = &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue(claimAndInsertOrderSQL, append(orderArgs, n.Key, n.Fingerprint, n.KeyTTL.Seconds())...)
+	br := pc.SendBatch(ctx, b)
+	_, err = br.Exec()
+	var tag pgconn.CommandTag
+	if err == nil {
+		tag, err = br.Exec()
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
 	if err != nil {
-		return StoredResponse{}, false, fmt.Errorf("commit: %w", err)
+		return StoredResponse{}, false, fmt.Errorf("claim idempotency key: %w", err)
 	}
-	if tag.String() != "COMMIT" { // an aborted transaction "commits" as ROLLBACK
-		return StoredResponse{}, false, fmt.Errorf("commit: transaction rolled back (%s)", tag)
+	if tag.RowsAffected() == 0 {
+		s.ids.giveBack(o.ID)
+		stored, err := storedResponse(ctx, pc, n)
+		return stored, err == nil, err
 	}
-	return resp, false, br.Close()
+	b = &pgx.Batch{}
+	b.Queue(eventSQL, eventArgs...)
+	b.Queue(`UPDATE idempotency_keys SET status_code = $2, response_body = $3, order_id = $4 WHERE key = $1`,
+		n.Key, resp.StatusCode, resp.Body, resp.OrderID)
+	b.Queue("COMMIT")
+	if err := commitBatch(ctx, pc, b); err != nil {
+		return StoredResponse{}, false, fmt.Errorf("create order over an expired key: %w", err)
+	}
+	return resp, false, nil
 }
 
-const insertOrderSQL = `INSERT INTO orders (customer_id, amount_minor, currency) VALUES ($1, $2, $3) RETURNING ` + orderColumns
+// commitBatch sends a batch that ends with COMMIT and reports the first statement that
+// failed, or a transaction that did not commit.
+func commitBatch(ctx context.Context, pc *pgx.Conn, b *pgx.Batch) error {
+	br := pc.SendBatch(ctx, b)
+	defer br.Close()
+	var tag pgconn.CommandTag
+	for range b.Len() {
+		var err error
+		if tag, err = br.Exec(); err != nil {
+			return err
+		}
+	}
+	if tag.String() != "COMMIT" { // an aborted transaction "commits" as ROLLBACK
+		return fmt.Errorf("transaction rolled back (%s)", tag)
+	}
+	return br.Close()
+}
+
+// isKeyConflict reports the idempotency key's unique index refusing an insert.
+func isKeyConflict(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "idempotency_keys_pkey"
+}
+
+const insertOrderSQL = `INSERT INTO orders (id, customer_id, amount_minor, currency, created_at, updated_at)
+	OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3, $4, $5, $5)`
 
 // claimAndInsertOrderSQL claims the idempotency key and inserts the order only if the
 // claim succeeded: the key is new, or its earlier use expired and is overwritten. A
@@ -142,16 +179,16 @@ const insertOrderSQL = `INSERT INTO orders (customer_id, amount_minor, currency)
 // transaction ends; then it inserts nothing (committed) or claims the key (rolled back).
 const claimAndInsertOrderSQL = `WITH claim AS (
 	INSERT INTO idempotency_keys (key, request_hash, expires_at)
-	VALUES ($4, $5, now() + make_interval(secs => $6))
+	VALUES ($6, $7, now() + make_interval(secs => $8))
 	ON CONFLICT (key) DO UPDATE
 	  SET request_hash = excluded.request_hash, status_code = NULL, response_body = NULL,
 	      order_id = NULL, created_at = now(), expires_at = excluded.expires_at
 	  WHERE idempotency_keys.expires_at <= now()
 	RETURNING 1
 )
-INSERT INTO orders (customer_id, amount_minor, currency)
-SELECT $1::text, $2::bigint, $3::text FROM claim
-RETURNING ` + orderColumns
+INSERT INTO orders (id, customer_id, amount_minor, currency, created_at, updated_at)
+OVERRIDING SYSTEM VALUE
+SELECT $1::bigint, $2::text, $3::bigint, $4::text, $5::timestamptz, $5::timestamptz FROM claim`
 
 // storedResponse reads the answer stored with the key and ends the transaction; the
 // caller's request is a replay (same fingerprint) or a misuse of the key.

@@ -19,6 +19,7 @@ import (
 type Store struct {
 	db     *sql.DB
 	outbox *outbox.Outbox
+	ids    idSource // for Create
 }
 
 // NewStore returns a store on db whose events go to ob.

@@ -124,6 +124,29 @@ func TestEventsCarryTheCorrelationID(t *testing.T) {
 	}
 }
 
+// TestOrderIDs: ids are drawn from the sequence ahead of use, in blocks that grow with
+// the rate; one order after another still gets consecutive ids (the first is 1), and ids
+// left unused for IDMaxAge are dropped rather than given to a much later order.
+func TestOrderIDs(t *testing.T) {
+	s, db := newStore(t)
+	for want := int64(1); want <= 20; want++ {
+		if o := create(t, s); o.ID != want {
+			t.Fatalf("order %d got id %d: ids one after another must be consecutive", want, o.ID)
+		}
+	}
+	var drawn int64
+	if err := db.QueryRow(`SELECT last_value FROM orders_id_seq`).Scan(&drawn); err != nil {
+		t.Fatal(err)
+	}
+	if drawn <= 20 {
+		t.Fatalf("sequence at %d after 20 quick orders: want ids drawn ahead in blocks", drawn)
+	}
+	time.Sleep(orders.IDMaxAge + 100*time.Millisecond)
+	if o := create(t, s); o.ID != drawn+1 {
+		t.Errorf("order after %s idle got id %d, want %d: ids drawn before must be dropped", orders.IDMaxAge, o.ID, drawn+1)
+	}
+}
+
 func TestFailedTransactionLeavesNothing(t *testing.T) {
 	s, db := newStore(t)
 	// The response cannot be rendered: the order, its event and the key are rolled back.

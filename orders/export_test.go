@@ -1,0 +1,4 @@
+package orders
+
+// IDMaxAge is how long a drawn order id may wait to be used.
+const IDMaxAge = idMaxAge
