@@ -9,7 +9,6 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 
 	"go.opentelemetry.io/otel/trace"
@@ -60,7 +59,7 @@ func TestTracing(t *testing.T) {
 	t.Parallel()
 	tp, exp := testenv.Tracing(t)
 	db := testenv.DB(t)
-	var logs syncBuffer
+	var logs testenv.Buffer
 	srv := httptest.NewServer(api.New(orders.NewStore(db, outbox.New("")), db,
 		envconf.Logger(&logs, slog.LevelInfo, "api"), api.Config{TracerProvider: tp}))
 	t.Cleanup(srv.Close)
@@ -131,22 +130,4 @@ func TestOrdersCreatedMetric(t *testing.T) {
 			t.Errorf("metrics lack %s", want)
 		}
 	}
-}
-
-// syncBuffer is a bytes.Buffer that handlers may write to while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }

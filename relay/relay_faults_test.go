@@ -1,14 +1,12 @@
 package relay_test
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
 	"fmt"
 	"log/slog"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -61,24 +59,6 @@ func commitEvents(t *testing.T, db *sql.DB, prefix string, ids ...int64) []strin
 	return out
 }
 
-// lockedBuffer is a bytes.Buffer safe for the relay's goroutines and the test.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // startRelay runs a relay until the test ends (or stop is called).
 func startRelay(t *testing.T, db *sql.DB, cfg relay.Config) (stop func()) {
 	t.Helper()
@@ -90,7 +70,7 @@ func startRelay(t *testing.T, db *sql.DB, cfg relay.Config) (stop func()) {
 	}
 	// The relay's log is kept and printed, with where it stands in the outbox, if the
 	// test fails: a row that never reached Kafka must be traceable to what the relay saw.
-	var logBuf lockedBuffer
+	var logBuf testenv.Buffer
 	r, err := relay.New(db, cfg, slog.New(slog.NewTextHandler(&logBuf, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
 		t.Fatal(err)

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,27 +22,9 @@ import (
 // tailTime is the time of every record the tests publish.
 var tailTime = time.Date(2026, 11, 25, 1, 3, 33, 660835000, time.UTC)
 
-// tailBuffer is an output that the tail goroutine writes while the test reads it.
-type tailBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *tailBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *tailBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // tailRun is runTail running in a goroutine.
 type tailRun struct {
-	stdout, stderr tailBuffer
+	stdout, stderr testenv.Buffer
 	cancel         context.CancelFunc
 	done           chan error
 	stopped        bool
