@@ -134,7 +134,7 @@ type orderJSON struct {
 func toJSON(o orders.Order) orderJSON {
 	return orderJSON{
 		ID: o.ID, CustomerID: o.CustomerID, Amount: json.Number(o.Amount.Decimal()),
-		Currency: o.Amount.Currency, Status: string(o.Status), CreatedAt: o.CreatedAt.UTC(), UpdatedAt: o.UpdatedAt.UTC(),
+		Currency: o.Amount.Currency, Status: string(o.Status), CreatedAt: o.CreatedAt, UpdatedAt: o.UpdatedAt,
 	}
 }
 

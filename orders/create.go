@@ -39,10 +39,12 @@ type StoredResponse struct {
 // before, nothing is written: it returns the stored response and replayed=true when the
 // fingerprints match, ErrKeyReused when they do not.
 //
-// It is the api's hot path, so it takes one round trip: the order's id is drawn ahead
-// (idSource) and its timestamps are the api's clock, so the response and the event are
-// built before anything is sent, and BEGIN, the order, the key with its response, the
-// event and COMMIT go out as one pipelined batch. A key that exists makes the batch fail
+// It is the api's hot path, so with an id at hand it takes one round trip: the order's
+// id is drawn ahead (idSource: under load in blocks, while orders are rare one per create,
+// a round trip of its own) and createdAt is the api's clock (updatedAt, changed later by
+// the worker, is the database's), so the response and the event are built before
+// anything is sent, and BEGIN, the order, the key with its response, the event and
+// COMMIT go out as one pipelined batch. A key that exists makes the batch fail
 // on the key's unique index; only then does a second path claim the key (if it expired)
 // or replay its answer. A concurrent request with the same key waits on that index until
 // the first transaction ends, so N concurrent identical requests commit one order and
@@ -67,7 +69,7 @@ func (s *Store) Create(ctx context.Context, n NewOrder, render func(Order) ([]by
 }
 
 func (s *Store) create(ctx context.Context, pc *pgx.Conn, n NewOrder, render func(Order) ([]byte, error)) (StoredResponse, bool, error) {
-	id, err := s.ids.take(ctx, pc)
+	id, drawn, err := s.ids.take(ctx, pc)
 	if err != nil {
 		return StoredResponse{}, false, err
 	}
@@ -110,8 +112,11 @@ func (s *Store) create(ctx context.Context, pc *pgx.Conn, n NewOrder, render fun
 		return resp, false, nil
 	}
 
-	// The key exists. Claim it if it expired, with the order in the same statement;
-	// otherwise (the claim waited for a transaction that committed it) replay its answer.
+	// The key exists (its transaction committed, if it was still running). In a new
+	// transaction, claim it if it expired, with the order in the same statement; otherwise
+	// replay its answer.
+	// (ROLLBACK goes on its own: in the aborted transaction pgx could not prepare the
+	// batch's statements.)
 	if _, err := pc.Exec(ctx, "ROLLBACK"); err != nil {
 		return StoredResponse{}, false, fmt.Errorf("rollback: %w", err)
 	}
@@ -119,10 +124,11 @@ func (s *Store) create(ctx context.Context, pc *pgx.Conn, n NewOrder, render fun
 	b.Queue("BEGIN")
 	b.Queue(claimAndInsertOrderSQL, append(orderArgs, n.Key, n.Fingerprint, n.KeyTTL.Seconds())...)
 	br := pc.SendBatch(ctx, b)
-	_, err = br.Exec()
 	var tag pgconn.CommandTag
-	if err == nil {
-		tag, err = br.Exec()
+	for range b.Len() {
+		if tag, err = br.Exec(); err != nil {
+			break
+		}
 	}
 	if cerr := br.Close(); err == nil {
 		err = cerr
@@ -131,7 +137,7 @@ func (s *Store) create(ctx context.Context, pc *pgx.Conn, n NewOrder, render fun
 		return StoredResponse{}, false, fmt.Errorf("claim idempotency key: %w", err)
 	}
 	if tag.RowsAffected() == 0 {
-		s.ids.giveBack(o.ID)
+		s.ids.giveBack(o.ID, drawn)
 		stored, err := storedResponse(ctx, pc, n)
 		return stored, err == nil, err
 	}

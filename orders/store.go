@@ -70,7 +70,8 @@ func newEventMessage(ctx context.Context, e events.Event, at time.Time) (*messag
 type ListFilter struct {
 	CustomerID string
 	Status     Status
-	// BeforeID continues a listing: only orders with a smaller id (older) are returned.
+	// BeforeID continues a listing: only orders with a smaller id (older, to within the
+	// second by which ids drawn ahead can trail creation order: see idSource) are returned.
 	BeforeID int64
 	Limit    int
 }

@@ -5,11 +5,14 @@ import (
 	"database/sql"
 	"encoding/json"
 	"errors"
+	"slices"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/orderpipe/orderpipe/events"
+	"github.com/orderpipe/orderpipe/internal/postgres"
 	"github.com/orderpipe/orderpipe/internal/testenv"
 	"github.com/orderpipe/orderpipe/money"
 	"github.com/orderpipe/orderpipe/orders"
@@ -134,10 +137,7 @@ func TestOrderIDs(t *testing.T) {
 			t.Fatalf("order %d got id %d: ids one after another must be consecutive", want, o.ID)
 		}
 	}
-	var drawn int64
-	if err := db.QueryRow(`SELECT last_value FROM orders_id_seq`).Scan(&drawn); err != nil {
-		t.Fatal(err)
-	}
+	drawn := lastDrawn(t, db)
 	if drawn <= 20 {
 		t.Fatalf("sequence at %d after 20 quick orders: want ids drawn ahead in blocks", drawn)
 	}
@@ -145,6 +145,69 @@ func TestOrderIDs(t *testing.T) {
 	if o := create(t, s); o.ID != drawn+1 {
 		t.Errorf("order after %s idle got id %d, want %d: ids drawn before must be dropped", orders.IDMaxAge, o.ID, drawn+1)
 	}
+	if last := lastDrawn(t, db); last != drawn+1 {
+		t.Errorf("sequence at %d after a rare order, want %d: after a drop, blocks start again from one", last, drawn+1)
+	}
+}
+
+// TestOrderIDsConcurrent: requests that find no id at hand wait for the one drawing a
+// block instead of each drawing (and doubling) its own, which would waste ids by the
+// hundred and a round trip each.
+func TestOrderIDsConcurrent(t *testing.T) {
+	db, err := postgres.Open(context.Background(), testenv.DatabaseURL(t), 40)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	s := orders.NewStore(db, outbox.New("pre."))
+	const n = 32
+	// Connections opened beforehand, so that the requests reach the ids together.
+	db.SetMaxIdleConns(n)
+	var conns []*sql.Conn
+	for range n {
+		c, err := db.Conn(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	create(t, s) // a draw a moment ago: the next blocks grow
+	ids := make([]int64, n)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			resp, _, err := s.Create(context.Background(), orders.NewOrder{CustomerID: "C",
+				Amount: money.Amount{Minor: 1, Currency: "USD"}}, render)
+			if err != nil {
+				t.Error(err)
+			}
+			ids[i] = resp.OrderID
+		})
+	}
+	close(start)
+	wg.Wait()
+	slices.Sort(ids)
+	if len(slices.Compact(slices.Clone(ids))) != n || ids[0] < 2 {
+		t.Fatalf("ids %v: want %d distinct after order 1", ids, n)
+	}
+	// One drawer at a time draws 1, 2, 4, ... 32 ids: at most 63 for 32 orders, after 1.
+	if last := lastDrawn(t, db); last > 64 {
+		t.Errorf("sequence at %d after 1 + %d concurrent orders: ids drawn by several requests at once", last, n)
+	}
+}
+
+func lastDrawn(t *testing.T, db *sql.DB) int64 {
+	t.Helper()
+	var last int64
+	if err := db.QueryRow(`SELECT last_value FROM orders_id_seq`).Scan(&last); err != nil {
+		t.Fatal(err)
+	}
+	return last
 }
 
 func TestFailedTransactionLeavesNothing(t *testing.T) {
