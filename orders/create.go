@@ -176,8 +176,12 @@ func isKeyConflict(err error) bool {
 	return errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "idempotency_keys_pkey"
 }
 
-const insertOrderSQL = `INSERT INTO orders (id, customer_id, amount_minor, currency, created_at, updated_at)
-	OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3, $4, $5, $5)`
+// insertOrder inserts an order with the id drawn for it and the api's time; both paths
+// below complete it with the values $1-$5 (id, customer, amount, currency, time).
+const insertOrder = `INSERT INTO orders (id, customer_id, amount_minor, currency, created_at, updated_at)
+	OVERRIDING SYSTEM VALUE `
+
+const insertOrderSQL = insertOrder + `VALUES ($1, $2, $3, $4, $5, $5)`
 
 // claimAndInsertOrderSQL claims the idempotency key and inserts the order only if the
 // claim succeeded: the key is new, or its earlier use expired and is overwritten. A
@@ -192,9 +196,7 @@ const claimAndInsertOrderSQL = `WITH claim AS (
 	  WHERE idempotency_keys.expires_at <= now()
 	RETURNING 1
 )
-INSERT INTO orders (id, customer_id, amount_minor, currency, created_at, updated_at)
-OVERRIDING SYSTEM VALUE
-SELECT $1::bigint, $2::text, $3::bigint, $4::text, $5::timestamptz, $5::timestamptz FROM claim`
+` + insertOrder + `SELECT $1::bigint, $2::text, $3::bigint, $4::text, $5::timestamptz, $5::timestamptz FROM claim`
 
 // storedResponse reads the answer stored with the key and ends the transaction; the
 // caller's request is a replay (same fingerprint) or a misuse of the key.
