@@ -29,7 +29,7 @@ test: up ## everything CI runs
 	$(GO) test -run='^$$' -fuzz=FuzzDecodeCreate -fuzztime=10s ./api
 
 chaos: up ## the fault-injection suite at full size, with each scenario's figures (make test runs it shortened)
-	CHAOS=full FAULT_DURATION=30s $(GO) test -race -count=1 -timeout 90m -v -run 'Chaos|Outage|Restart|Killed|Stops' ./relay ./e2e
+	CHAOS=full FAULT_DURATION=30s $(GO) test -race -count=1 -timeout 90m -v -run 'Chaos|Outage|Restart|Killed|Stops|Universal' ./relay ./e2e ./keyorder
 
 test-short: ## unit tests only, no services
 	$(GO) test -short -race -count=1 ./...

@@ -1,6 +1,8 @@
 // Package worker consumes order events from Kafka with a Watermill router, charges each
 // new order through the payment provider, and records the outcome (status change,
-// inbox entry and outcome event) in one Postgres transaction.
+// inbox entry and outcome event) in one Postgres transaction. Many orders of a
+// partition are in flight at once (package keyorder); one order's events are handled
+// one after another.
 package worker
 
 import (
@@ -26,6 +28,7 @@ import (
 	"github.com/orderpipe/orderpipe/events"
 	"github.com/orderpipe/orderpipe/internal/tracing"
 	"github.com/orderpipe/orderpipe/kafkaconf"
+	"github.com/orderpipe/orderpipe/keyorder"
 	"github.com/orderpipe/orderpipe/orders"
 )
 
@@ -50,6 +53,17 @@ type Config struct {
 	RetryMaxInterval time.Duration
 	// HandlerTimeout bounds one attempt at a message. Default 15s.
 	HandlerTimeout time.Duration
+	// MaxInFlight is each partition's window (keyorder.Config.MaxInFlight): how many of
+	// its messages may be read and not yet committed. Orders are handled concurrently
+	// within it, one order's events one after another. Default 256.
+	MaxInFlight int
+	// MaxBufferedBytes bounds the bytes of the messages read and not yet handled across
+	// all partitions. Default 64 MiB.
+	MaxBufferedBytes int64
+	// PaymentMaxConns bounds the connections to the payment provider; as many are kept
+	// idle for reuse (Go's default keeps 2, so a burst of concurrent payments would
+	// open and close a connection each). Default 256.
+	PaymentMaxConns int
 	// Cache, when set, has each changed order's entry invalidated after commit.
 	Cache *orders.Cache
 	// Registerer receives the worker's and Watermill's router metrics; nil registers
@@ -82,6 +96,15 @@ func (c *Config) setDefaults() {
 	}
 	if c.HandlerTimeout == 0 {
 		c.HandlerTimeout = 15 * time.Second
+	}
+	if c.MaxInFlight == 0 {
+		c.MaxInFlight = 256
+	}
+	if c.MaxBufferedBytes == 0 {
+		c.MaxBufferedBytes = 64 << 20
+	}
+	if c.PaymentMaxConns == 0 {
+		c.PaymentMaxConns = 256
 	}
 }
 
@@ -118,25 +141,36 @@ func New(store *orders.Store, cfg Config, logger *slog.Logger) (*Worker, error) 
 	if err != nil {
 		return nil, err
 	}
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.MaxConnsPerHost = cfg.PaymentMaxConns
+	transport.MaxIdleConnsPerHost = cfg.PaymentMaxConns
+	transport.MaxIdleConns = cfg.PaymentMaxConns
 	w := &Worker{
 		metrics: m,
 		store:   store,
 		cache:   cfg.Cache,
 		payments: &PaymentClient{BaseURL: cfg.PaymentURL, HTTP: &http.Client{
-			Timeout: cfg.PaymentTimeout, Transport: tracing.Transport(cfg.TracerProvider, nil),
+			Timeout: cfg.PaymentTimeout, Transport: tracing.Transport(cfg.TracerProvider, transport),
 		}},
 		logger: logger,
 		crash:  cfg.CrashAfterCharge,
 	}
 
-	sub, err := kafka.NewSubscriber(kafka.SubscriberConfig{
-		Brokers:               cfg.Brokers,
-		Unmarshaler:           kafka.DefaultMarshaler{},
-		OverwriteSaramaConfig: kafkaconf.Consumer("orderpipe-worker"),
-		ConsumerGroup:         cfg.ConsumerGroup,
+	// Orders are handled concurrently within a partition, each order's events in order
+	// (the record key is the order id), offsets committed only below the oldest unfinished
+	// one: a payment provider's latency no longer caps the pipeline at partitions ÷ latency.
+	sub, err := keyorder.NewSubscriber(keyorder.Config{
+		Brokers:          cfg.Brokers,
+		ConsumerGroup:    cfg.ConsumerGroup,
+		Sarama:           kafkaconf.Consumer("orderpipe-worker"),
+		Unmarshaler:      kafka.DefaultMarshaler{},
+		MaxInFlight:      cfg.MaxInFlight,
+		MaxBufferedBytes: cfg.MaxBufferedBytes,
 		// A nacked message (a dependency is down) is redelivered after this pause.
 		NackResendSleep: time.Second,
-	}, wlog)
+		Registerer:      cfg.Registerer,
+		Logger:          wlog,
+	})
 	if err != nil {
 		return nil, fmt.Errorf("kafka subscriber: %w", err)
 	}

@@ -48,14 +48,20 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		RetryInterval:    env.Duration("WORKER_RETRY_INTERVAL", 0),
 		RetryMaxInterval: env.Duration("WORKER_RETRY_MAX_INTERVAL", 0),
 		HandlerTimeout:   env.Duration("WORKER_HANDLER_TIMEOUT", 0),
+		MaxInFlight:      env.Int("WORKER_MAX_IN_FLIGHT", 256, 1),
+		MaxBufferedBytes: int64(env.Int("WORKER_MAX_BUFFERED_BYTES", 64<<20, 1)),
+		PaymentMaxConns:  env.Int("WORKER_PAYMENT_MAX_CONNS", 256, 1),
 		CrashAfterCharge: env.Float("WORKER_FAILPOINT_CRASH_AFTER_CHARGE", 0, 0, 1),
 	}
+	dbMaxConns := env.Int("WORKER_DB_MAX_CONNS", 16, 1)
 	logger := envconf.Logger(stdout, env.Level("LOG_LEVEL", 0), "worker")
 	if err := env.Err(); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
 	logger.Info("starting", "database_url", envconf.Redact(databaseURL), "kafka_brokers", cfg.Brokers,
-		"topic_prefix", cfg.TopicPrefix, "group", cfg.ConsumerGroup, "payment_url", cfg.PaymentURL, "redis_url", envconf.Redact(redisURL), "admin_addr", adminAddr)
+		"topic_prefix", cfg.TopicPrefix, "group", cfg.ConsumerGroup, "payment_url", cfg.PaymentURL, "redis_url", envconf.Redact(redisURL), "admin_addr", adminAddr,
+		"max_in_flight", cfg.MaxInFlight, "max_buffered_bytes", cfg.MaxBufferedBytes,
+		"payment_max_conns", cfg.PaymentMaxConns, "db_max_conns", dbMaxConns)
 
 	tp, traces, stopTracing, err := tracing.Provider(ctx, getenv, "worker", logger)
 	if err != nil {
@@ -67,7 +73,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	}
 	cfg.TracerProvider = tp
 
-	db, err := postgres.Open(ctx, databaseURL, 8)
+	db, err := postgres.Open(ctx, databaseURL, dbMaxConns)
 	if err != nil {
 		return err
 	}
