@@ -7,6 +7,7 @@ package e2e
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -103,29 +104,83 @@ func TestChaosRelayKilled(t *testing.T) {
 }
 
 // Scenario 2: workers killed -9 and SIGTERMed again and again, 2-3 workers in one group
-// (every stop and start is a rebalance).
+// (every stop and start is a rebalance), while the payment provider takes 100-200 ms, so
+// that each worker has many orders of each partition in flight when it dies or its
+// partitions move. Nothing is lost or charged twice, the orders a successor redoes are
+// bounded by the window, and each rebalance lets partitions go promptly.
 func TestChaosWorkersKilled(t *testing.T) {
-	p := startPipeline(t, options{workers: size(2, 3), env: []string{"LOG_LEVEL=info"}})
+	const window = 32
+	p := startPipeline(t, options{workers: size(2, 3), env: []string{"LOG_LEVEL=info"},
+		paymentsimEnv: []string{"PAYMENTSIM_LATENCY=100ms", "PAYMENTSIM_LATENCY_JITTER=100ms"},
+		workerEnv:     []string{fmt.Sprintf("WORKER_MAX_IN_FLIGHT=%d", window)}})
 	pr := watchProgress(t, p.openDB(t))
-	tr := startTraffic(p, trafficSpec{clients: 4, orders: 1_000_000, pause: 20 * time.Millisecond,
+	began := time.Now()
+	tr := startTraffic(p, trafficSpec{clients: 8, orders: 1_000_000, pause: 10 * time.Millisecond,
 		amount: someDeclines, readers: 2})
+	workers := slices.Clone(p.workers) // every process, for their logs
 	var faults faultLog
+	kills := 0
 	for range size(6, 20) {
 		time.Sleep(between(500*time.Millisecond, 2*time.Second)())
 		i := rand.IntN(len(p.workers))
 		if faults.n%2 == 0 {
 			p.workers[i].kill()
+			kills++
 		} else {
-			p.workers[i].stop() // SIGTERM: finish the message in hand, leave the group
+			p.workers[i].stop() // SIGTERM: cancel the messages in hand, commit what finished, leave the group
 		}
 		p.workers[i] = p.workers[i].restart(t)
+		workers = append(workers, p.workers[i])
 		faults.ended()
 	}
 	tr.stop()
 	tr.wait()
+	sending := time.Since(began)
 	// A stop or a rebalance cancels the work in hand; it is redone by the partition's next
 	// owner, never poisoned.
-	p.check(t, tr, &faults, pr, checkOptions{noPoison: true})
+	r := p.check(t, tr, &faults, pr, checkOptions{noPoison: true})
+
+	// Redone work reaches the provider again as a replay of the same idempotency key. A
+	// killed worker's successor redoes at most its window per partition, plus what
+	// finished since the last offset commit (every second), plus what the provider was
+	// answering while a partition moved; SIGTERM and rebalances commit what finished.
+	replays := metricSum(t, p.paymentsim, "paymentsim_payments_total", `result="replayed"`)
+	rate := float64(r.orders) / sending.Seconds()
+	bound := float64(kills) * (8*window + 2*rate)
+	t.Logf("provider replays (work redone) %.0f over %d kills and %d stops; bound %.0f (kills × (8 partitions × window %d + 2 s × %.0f orders/s))",
+		replays, kills, faults.n-kills, bound, window, rate)
+	if replays > bound {
+		t.Errorf("%.0f payments redone, more than the window bounds: %.0f", replays, bound)
+	}
+	var took []int
+	for _, w := range workers {
+		took = append(took, releaseTimes(w)...)
+	}
+	slices.Sort(took)
+	if len(took) == 0 {
+		t.Fatal("no worker logged a partition released: the rebalances were not seen")
+	}
+	t.Logf("partitions released %d times; time to release: median %d ms, max %d ms", len(took), took[len(took)/2], took[len(took)-1])
+	if took[len(took)-1] > 60_000 {
+		t.Errorf("a partition took %d ms to release; want well under the group's 60 s rebalance timeout", took[len(took)-1])
+	}
+}
+
+// releaseTimes returns took_ms of each "partition released" line in a worker's log.
+func releaseTimes(d *daemon) []int {
+	var out []int
+	for _, line := range strings.Split(d.output(), "\n") {
+		if !strings.Contains(line, `"msg":"partition released"`) {
+			continue
+		}
+		var l struct {
+			TookMs int `json:"took_ms"`
+		}
+		if json.Unmarshal([]byte(line), &l) == nil {
+			out = append(out, l.TookMs)
+		}
+	}
+	return out
 }
 
 // Scenario 3: a worker dies after the payment was charged and before its outcome

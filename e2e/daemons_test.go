@@ -199,8 +199,9 @@ func (w syncWriter) Write(p []byte) (int, error) {
 	return w.b.Write(p)
 }
 
-// metricSum scrapes a daemon's admin /metrics and sums the samples of one metric.
-func metricSum(t *testing.T, d *daemon, name string) float64 {
+// metricSum scrapes a daemon's admin /metrics and sums the samples of one metric whose
+// lines contain each of labels (e.g. `result="replayed"`).
+func metricSum(t *testing.T, d *daemon, name string, labels ...string) float64 {
 	t.Helper()
 	resp, err := http.Get(d.adminURL + "/metrics")
 	if err != nil {
@@ -211,11 +212,20 @@ func metricSum(t *testing.T, d *daemon, name string) float64 {
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
 		line := sc.Text()
-		if strings.HasPrefix(line, name+" ") || strings.HasPrefix(line, name+"{") {
+		if (strings.HasPrefix(line, name+" ") || strings.HasPrefix(line, name+"{")) && containsAll(line, labels) {
 			fields := strings.Fields(line)
 			v, _ := strconv.ParseFloat(fields[len(fields)-1], 64)
 			sum += v
 		}
 	}
 	return sum
+}
+
+func containsAll(s string, subs []string) bool {
+	for _, sub := range subs {
+		if !strings.Contains(s, sub) {
+			return false
+		}
+	}
+	return true
 }

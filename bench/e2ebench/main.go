@@ -59,6 +59,11 @@ var (
 	partitions = flag.Int("partitions", 0, "create the topics with this many partitions (default: the broker's, 8 on the local stack); the scale-out also runs 16")
 	renderOnly = flag.Bool("render", false, "only write latest.md and e2e.png again from latest.json, measuring nothing")
 	profileDir = flag.String("profile", "", "take 30 s CPU profiles of api, relay and worker during the hold into this directory")
+	slow       = flag.Bool("slow", true, "also search with the payment provider answering in 100-200 ms, and hold at 70 % of that")
+	slowHold   = flag.Duration("hold-slow", 2*time.Minute, "length of the run at 70 % of the slow provider's maximum")
+	// The worker before key-ordered concurrency (one message per partition at a time).
+	baselineRev = flag.String("baseline-worker", "9a9297b", "git revision whose worker is searched beside this tree's, instant provider; empty: skip")
+	pairs       = flag.Int("pairs", 2, "side-by-side searches (baseline worker, then this tree's) with -baseline-worker")
 )
 
 func envOr(k, def string) string {
@@ -146,6 +151,11 @@ func run(ctx context.Context) error {
 	if err := build(binDir); err != nil {
 		return err
 	}
+	if *baselineRev != "" && *pairs > 0 && *knownMax == 0 {
+		if err := buildBaseline(binDir, *baselineRev); err != nil {
+			return err
+		}
+	}
 
 	// What the rest of the machine uses before we start: it is shared.
 	idle0 := snapshot(groups(nil))
@@ -168,7 +178,7 @@ func run(ctx context.Context) error {
 		holdStep step
 		holdRep  loadgen.Report
 	)
-	err = withPipeline(ctx, logDir, binDir, layout{1, 1, *partitions}, func(p *pipeline) error {
+	err = withPipeline(ctx, logDir, binDir, layout{workers: 1, relays: 1, partitions: *partitions}, func(p *pipeline) error {
 		if *knownMax > 0 {
 			base = search{Key: p.layout.key(), Layout: p.layout.String(), Max: *knownMax}
 			// Warm up as the search would have: connection pools filled, caches hot.
@@ -216,7 +226,7 @@ func run(ctx context.Context) error {
 
 	var scale []search
 	if *scaleOut && *knownMax == 0 {
-		for _, l := range []layout{{2, 1, *partitions}, {1, 2, *partitions}, {1, 1, 16}} {
+		for _, l := range []layout{{workers: 2, relays: 1, partitions: *partitions}, {workers: 1, relays: 2, partitions: *partitions}, {workers: 1, relays: 1, partitions: 16}} {
 			var s search
 			err := withPipeline(ctx, logDir, binDir, l, func(p *pipeline) error {
 				fmt.Printf("\nrising load, %s\n", l)
@@ -240,6 +250,56 @@ func run(ctx context.Context) error {
 		}
 	}
 
+	// The payment provider's latency: the same pipeline with paymentsim answering in
+	// 100-200 ms. latency_hiding_ratio compares its maximum with the instant provider's.
+	var (
+		slowSearch   search
+		slowHoldStep step
+	)
+	if *slow && *knownMax == 0 {
+		err := withPipeline(ctx, logDir, binDir, layout{workers: 1, relays: 1, partitions: *partitions, slowProvider: true}, func(p *pipeline) error {
+			fmt.Printf("\nrising load, %s\n", p.layout)
+			var err error
+			if slowSearch, err = rise(ctx, p, math.Round(0.3*base.Max), inc, *refine); err != nil {
+				return err
+			}
+			rate := math.Round(0.7 * slowSearch.Max)
+			fmt.Printf("\nhold at 70 %% = %.0f orders/s for %v, %s\n", rate, *slowHold, p.layout)
+			slowHoldStep, _, err = runStep(ctx, p, rate, *slowHold, time.Second)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		printStep("hold", slowHoldStep)
+	}
+
+	// The worker before and after key-ordered concurrency, instant provider, searched
+	// one after the other, in pairs: the spread within each tells the machine's noise.
+	sideBySide := map[string][]float64{}
+	if *baselineRev != "" && *knownMax == 0 {
+		for range *pairs {
+			for _, l := range []layout{{workers: 1, relays: 1, partitions: *partitions, baseline: true}, {workers: 1, relays: 1, partitions: *partitions}} {
+				var s search
+				err := withPipeline(ctx, logDir, binDir, l, func(p *pipeline) error {
+					fmt.Printf("\nrising load, %s\n", l)
+					var err error
+					s, err = rise(ctx, p, math.Round(0.8*base.Max), inc, 1)
+					return err
+				})
+				if err != nil {
+					return err
+				}
+				name := "keyorder"
+				if l.baseline {
+					name = "baseline_" + *baselineRev
+				}
+				sideBySide[name] = append(sideBySide[name], s.Max)
+				fmt.Printf("%s: max sustained %.0f orders/s\n", l, s.Max)
+			}
+		}
+	}
+
 	ratio := 0.0
 	if dbLimit > 0 {
 		ratio = float64(int(base.Max/dbLimit*100)) / 100
@@ -250,6 +310,16 @@ func run(ctx context.Context) error {
 		holdStep.Rate, *hold, holdStep.C2TP99Ms, holdStep.APIP99Ms, growing)
 	for _, s := range scale {
 		fmt.Printf("scale-out: %s: %.0f orders/s (1 worker, 1 relay: %.0f)\n", s.Layout, s.Max, base.Max)
+	}
+	hiding := 0.0
+	if slowSearch.Max > 0 && base.Max > 0 {
+		hiding = math.Round(slowSearch.Max/base.Max*100) / 100
+		fmt.Printf("e2e_orders_per_s_provider_150ms = %.0f; latency_hiding_ratio = %.2f (goal >= 0.8)\n", slowSearch.Max, hiding)
+		fmt.Printf("at 70 %% of it (%.0f/s, %v): create_to_terminal_p99_ms = %.1f (goal < 400)\n",
+			slowHoldStep.Rate, *slowHold, slowHoldStep.C2TP99Ms)
+	}
+	for name, maxes := range sideBySide {
+		fmt.Printf("side by side, instant provider: %s worker: %v orders/s\n", name, maxes)
 	}
 	if *knownMax > 0 {
 		fmt.Println("(-max given: nothing recorded)")
@@ -282,6 +352,16 @@ func run(ctx context.Context) error {
 	}
 	figures["e2e_scaleout_orders_per_s"] = scaleFig
 	figures["e2e_scaleout"] = scale
+	if slowSearch.Max > 0 {
+		figures["e2e_orders_per_s_provider_150ms"] = slowSearch.Max
+		figures["latency_hiding_ratio"] = hiding
+		figures["create_to_terminal_p99_ms_provider_150ms"] = slowHoldStep.C2TP99Ms
+		figures["e2e_hold_provider_150ms"] = slowHoldStep
+		figures["e2e_steps_provider_150ms"] = slowSearch.Steps
+	}
+	if len(sideBySide) > 0 {
+		figures["e2e_orders_per_s_side_by_side"] = sideBySide
+	}
 	if err := bench.Record(*results, figures); err != nil {
 		return err
 	}

@@ -26,12 +26,25 @@ import (
 
 // layout is how many worker and relay processes a pipeline runs, and how many
 // partitions its topics have (0: the broker's default, 8 on the local stack).
-type layout struct{ workers, relays, partitions int }
+type layout struct {
+	workers, relays, partitions int
+	// slowProvider has paymentsim answer in 100 ms plus up to 100 ms (mean 150 ms), as
+	// real providers do, instead of at once.
+	slowProvider bool
+	// baseline runs the worker built from -baseline-worker instead of this tree's.
+	baseline bool
+}
 
 func (l layout) String() string {
 	s := fmt.Sprintf("%d worker(s), %d relay(s)", l.workers, l.relays)
 	if l.partitions > 0 {
 		s += fmt.Sprintf(", %d partitions", l.partitions)
+	}
+	if l.slowProvider {
+		s += ", provider 100-200 ms"
+	}
+	if l.baseline {
+		s += ", baseline worker " + *baselineRev
 	}
 	return s
 }
@@ -41,6 +54,12 @@ func (l layout) key() string {
 	k := fmt.Sprintf("workers%d_relays%d", l.workers, l.relays)
 	if l.partitions > 0 {
 		k += fmt.Sprintf("_partitions%d", l.partitions)
+	}
+	if l.slowProvider {
+		k += "_provider150ms"
+	}
+	if l.baseline {
+		k += "_baselineworker"
 	}
 	return k
 }
@@ -76,6 +95,26 @@ func build(dir string) error {
 	return nil
 }
 
+// buildBaseline builds the worker of git revision rev as dir/worker-baseline, from an
+// export of that revision (the module cache serves its dependencies).
+func buildBaseline(dir, rev string) error {
+	src, err := os.MkdirTemp("", "e2ebench-baseline")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(src)
+	export := exec.Command("sh", "-c", `git archive --format=tar "$1" | tar -x -C "$2"`, "sh", rev, src)
+	if out, err := export.CombinedOutput(); err != nil {
+		return fmt.Errorf("export %s: %v\n%s", rev, err, out)
+	}
+	cmd := exec.Command("go", "build", "-o", filepath.Join(dir, "worker-baseline"), "./cmd/worker")
+	cmd.Dir = src
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build the worker of %s: %v\n%s", rev, err, out)
+	}
+	return nil
+}
+
 // startPipeline starts paymentsim (latency 0), the api, the relays and the workers.
 // On error what was started is stopped again.
 func startPipeline(ctx context.Context, binDir, logDir string, l layout) (p *pipeline, err error) {
@@ -97,6 +136,10 @@ func startPipeline(ctx context.Context, binDir, logDir string, l layout) (p *pip
 	payAddr, apiAddr := freeAddr(), freeAddr()
 	p.apiURL = "http://" + apiAddr
 	start := func(name string, env ...string) error {
+		bin := name
+		if name == "worker" && l.baseline {
+			bin = "worker-baseline"
+		}
 		admin, debug := "http://"+freeAddr(), ""
 		switch name {
 		case "api":
@@ -112,13 +155,17 @@ func startPipeline(ctx context.Context, binDir, logDir string, l layout) (p *pip
 			debug = "http://" + freeAddr()
 			env = append(env, "DEBUG_ADDR="+strings.TrimPrefix(debug, "http://"))
 		}
-		d, err := startDaemon(ctx, binDir, logDir, name, len(p.daemons), admin, debug, env)
+		d, err := startDaemon(ctx, binDir, logDir, bin, len(p.daemons), admin, debug, env)
 		if d != nil {
 			p.daemons = append(p.daemons, d)
 		}
 		return err
 	}
-	if err := start("paymentsim", "PAYMENTSIM_LATENCY=0"); err != nil {
+	latency := []string{"PAYMENTSIM_LATENCY=0"}
+	if l.slowProvider {
+		latency = []string{"PAYMENTSIM_LATENCY=100ms", "PAYMENTSIM_LATENCY_JITTER=100ms"}
+	}
+	if err := start("paymentsim", latency...); err != nil {
 		return nil, err
 	}
 	if err := start("api", "DATABASE_URL="+p.dbURL, "KAFKA_TOPIC_PREFIX="+p.prefix, "REDIS_URL="+*redisURL,

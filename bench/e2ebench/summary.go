@@ -115,7 +115,7 @@ func render(dir string) error {
 	if len(r.Steps) == 0 {
 		return fmt.Errorf("%s has no e2e_steps: run e2ebench first", filepath.Join(dir, "latest.json"))
 	}
-	l := layout{1, 1, 0}
+	l := layout{workers: 1, relays: 1}
 	base := search{Key: l.key(), Layout: l.String(), Max: r.Max, Steps: r.Steps}
 	hold := step{Rate: r.HoldRate, C2TP50Ms: r.C2TP50, C2TP99Ms: r.C2TP99, APIP99Ms: r.APIP99, BacklogPeak: r.Peak,
 		CPU: r.CPU, Sustained: !r.Growing}
