@@ -127,7 +127,8 @@ func sequence(t *testing.T, msg *message.Message) (key string, seq int) {
 	return key, seq
 }
 
-// Many keys on several partitions, handlers taking random time: each key's records are
+// Many keys on several partitions, handlers taking random time (a few of them longer
+// than several offset commits): each key's records are
 // handled one at a time in offset order, a partition's records run concurrently, and a
 // committed offset never passes a record whose handler has not finished.
 func TestKeyOrderAndOrderedCommits(t *testing.T) {
@@ -167,7 +168,13 @@ func TestKeyOrderAndOrderedCommits(t *testing.T) {
 				inHandler[rec.Partition]++
 				maxHandler[rec.Partition] = max(maxHandler[rec.Partition], inHandler[rec.Partition])
 				mu.Unlock()
-				time.Sleep(rand.N(10 * time.Millisecond))
+				// Most handlers are quick; a few are slow enough to outlast several
+				// offset commits, which must not pass them.
+				delay := rand.N(10 * time.Millisecond)
+				if rand.N(50) == 0 {
+					delay = 300*time.Millisecond + rand.N(300*time.Millisecond)
+				}
+				time.Sleep(delay)
 				mu.Lock()
 				inHandler[rec.Partition]--
 				lastDone[key] = seq
