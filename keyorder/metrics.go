@@ -61,6 +61,12 @@ func newMetrics(reg prometheus.Registerer, b *budget) (*metrics, error) {
 	return m, nil
 }
 
+// Reasons a partition pauses, the reason label of keyorder_partition_pauses_total.
+const (
+	pauseWindowFull = "window_full"
+	pauseBytes      = "bytes"
+)
+
 // partitionGauges are one partition's gauges.
 type partitionGauges struct {
 	inHandler, window, behind, paused prometheus.Gauge
@@ -68,6 +74,11 @@ type partitionGauges struct {
 }
 
 func (m *metrics) partition(topic string, partition int32) partitionGauges {
+	// The topic's counters exist from the first claim, at 0, so that dashboards and
+	// rate() see them before the first pause or release.
+	m.pauses.WithLabelValues(topic, pauseWindowFull)
+	m.pauses.WithLabelValues(topic, pauseBytes)
+	m.release.WithLabelValues(topic)
 	l := prometheus.Labels{"topic": topic, "partition": strconv.Itoa(int(partition))}
 	return partitionGauges{
 		inHandler: m.inHandler.With(l), window: m.window.With(l), behind: m.behind.With(l), paused: m.paused.With(l),

@@ -137,9 +137,9 @@ func (p *partition) setPaused(paused bool) {
 	switch {
 	case paused && p.pausedAt.IsZero():
 		p.pausedAt = time.Now()
-		reason := "window_full"
+		reason := pauseWindowFull
 		if p.waiting != nil {
-			reason = "bytes"
+			reason = pauseBytes
 		}
 		p.s.metrics.pauses.WithLabelValues(p.claim.Topic(), reason).Inc()
 		p.gauges.paused.Set(1)

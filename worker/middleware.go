@@ -34,6 +34,8 @@ const (
 //   - outcome counts what leaves the chain: success, or a nack (redelivery).
 //   - poison sends failures that are not "unavailable" to the poison topic, after the
 //     retries; permanent ones reach it at once because Retry skips them.
+//   - cancelledIsUnavailable makes the failure of a delivery whose context ended (a
+//     rebalance, a shutdown) unavailable, whatever error reports it.
 //   - reportResult writes the one log line per delivery, once retries are over.
 //   - Retry retries transient and unavailable failures with exponential backoff and
 //     jitter.
@@ -47,6 +49,7 @@ func middlewares(cfg Config, poison message.HandlerMiddleware, m *metrics, logge
 		middleware.CorrelationID,
 		m.outcome,
 		poison,
+		cancelledIsUnavailable,
 		reportResult(logger),
 		middleware.Retry{
 			MaxRetries:          cfg.MaxRetries,
@@ -61,6 +64,22 @@ func middlewares(cfg Config, poison message.HandlerMiddleware, m *metrics, logge
 		m.attempts,
 		middleware.Timeout(cfg.HandlerTimeout),
 		middleware.Recoverer,
+	}
+}
+
+// cancelledIsUnavailable marks the failure of a delivery whose context ended, because a
+// rebalance moved its partition or the worker is stopping, as unavailable: it says nothing
+// about the message, which the partition's next owner processes. The error alone does
+// not tell: Retry, interrupted while it waits, returns the context's cause, and Sarama
+// ends a session with its own ("a rebalance for the group is in progress").
+func cancelledIsUnavailable(h message.HandlerFunc) message.HandlerFunc {
+	return func(msg *message.Message) ([]*message.Message, error) {
+		ctx := msg.Context() // the delivery's: Timeout and Retry replace it further in
+		out, err := h(msg)
+		if err != nil && ctx.Err() != nil && !isPermanent(err) {
+			return out, unavailable(err)
+		}
+		return out, err
 	}
 }
 

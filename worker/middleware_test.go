@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -155,5 +156,55 @@ func TestTimeoutBoundsEachAttempt(t *testing.T) {
 		case <-time.After(2 * time.Second):
 			t.Fatalf("attempt %d still running after 2s: no timeout", i+1)
 		}
+	}
+}
+
+// publishedTo records what is published through it.
+type publishedTo struct {
+	mu   sync.Mutex
+	msgs []*message.Message
+}
+
+func (p *publishedTo) Publish(_ string, msgs ...*message.Message) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.msgs = append(p.msgs, msgs...)
+	return nil
+}
+
+func (p *publishedTo) Close() error { return nil }
+
+// TestCancelledDeliveryIsNeverPoisoned: the delivery's context ends (its partition moved
+// to another worker, or the worker stops) while Retry waits between attempts. Retry then
+// returns the context's cause (Sarama ends a session with "a rebalance is in progress"),
+// not the handler's error: the message must be nacked for its next owner, not poisoned.
+func TestCancelledDeliveryIsNeverPoisoned(t *testing.T) {
+	poisonQueue := &publishedTo{}
+	m, err := newMetrics(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	poison, err := middleware.PoisonQueueWithFilter(countingPublisher{poisonQueue, m}, "poison", shouldPoison)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{MaxRetries: 5, RetryInterval: time.Second, RetryMaxInterval: time.Second, HandlerTimeout: time.Second}
+	h := func(*message.Message) ([]*message.Message, error) {
+		return nil, errors.New("payment provider answered 500") // transient: Retry waits
+	}
+	chain := middlewares(cfg, poison, m, slog.New(slog.DiscardHandler))
+	for i := len(chain) - 1; i >= 0; i-- {
+		h = chain[i](h)
+	}
+	msg := message.NewMessage(watermill.NewUUID(), []byte("{}"))
+	ctx, cancel := context.WithCancelCause(context.Background())
+	msg.SetContext(ctx)
+	time.AfterFunc(100*time.Millisecond, func() { cancel(errors.New("kafka server: a rebalance for the group is in progress")) })
+	if _, err := h(msg); err == nil {
+		t.Error("chain returned no error for a cancelled delivery; want a nack")
+	}
+	if len(poisonQueue.msgs) > 0 {
+		t.Errorf("cancelled delivery poisoned with reason %q; want it nacked for redelivery",
+			poisonQueue.msgs[0].Metadata.Get(middleware.ReasonForPoisonedKey))
 	}
 }
