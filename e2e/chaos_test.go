@@ -115,7 +115,7 @@ func TestChaosWorkersKilled(t *testing.T) {
 		workerEnv:     []string{fmt.Sprintf("WORKER_MAX_IN_FLIGHT=%d", window)}})
 	pr := watchProgress(t, p.openDB(t))
 	began := time.Now()
-	tr := startTraffic(p, trafficSpec{clients: 8, orders: 1_000_000, pause: 10 * time.Millisecond,
+	tr := startTraffic(p, trafficSpec{clients: 4, orders: 1_000_000, pause: 10 * time.Millisecond,
 		amount: someDeclines, readers: 2})
 	workers := slices.Clone(p.workers) // every process, for their logs
 	var faults faultLog
