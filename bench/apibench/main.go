@@ -10,6 +10,10 @@
 //  3. An open loop at 70 % of api_create_rps → api_p99_ms (latency from each request's
 //     scheduled start, so a stall is not hidden by the loop slowing down).
 //
+//  4. pgbench runs the worker's transaction on seeded PENDING orders, one order per
+//     transaction and eight per transaction → worker_outcome_tx_orders_per_s and
+//     worker_outcome_group8_orders_per_s: whether group commits would pay.
+//
 // With -pool it first runs step 2 for several DB_MAX_CONNS values, which is how the
 // api's default pool size was chosen.
 package main
@@ -113,6 +117,10 @@ func run() error {
 		return fmt.Errorf("pgbench: %w", err)
 	}
 	fmt.Printf("pgbench whole life of an order (create + worker transaction): %.0f orders/s (-c %d)\n", whole, *concurrency)
+	single, group, err := outcomeCommits(ctx, dbURL, dir)
+	if err != nil {
+		return err
+	}
 	ratio := max.rate / tps
 	fmt.Printf("api POST /orders: %.0f orders/s (closed loop, %d clients), p50 %.2f ms, p99 %.2f ms, errors %d\n",
 		max.rate, *concurrency, bench.Ms(max.p50), bench.Ms(max.p99), max.errors)
@@ -128,7 +136,55 @@ func run() error {
 		"api_p50_ms":            bench.Ms(at70.p50),
 		"api_max_load_p99_ms":   bench.Ms(max.p99),
 		"api_concurrency":       *concurrency,
+		// Whether the worker should record several orders' outcomes per transaction.
+		"worker_outcome_tx_orders_per_s":     float64(int(single)),
+		"worker_outcome_group8_orders_per_s": float64(int(group)),
 	})
+}
+
+// outcomeCommits measures the worker's transaction (inbox entry and forward-only status
+// change in one statement, outcome event in the outbox) on seeded PENDING orders, one
+// order per transaction and eight per transaction (a group commit, each order still
+// all-or-nothing within it), in orders/s: whether group commits would pay.
+func outcomeCommits(ctx context.Context, dbURL, dir string) (single, group8 float64, err error) {
+	const seeded = 2_000_000
+	seed := exec.CommandContext(ctx, psqlBin(), "-q", "-v", "ON_ERROR_STOP=1", dbURL, "-c",
+		fmt.Sprintf(`INSERT INTO orders (customer_id, amount_minor, currency) SELECT 'CUST001', 20000, 'USD' FROM generate_series(1, %d); VACUUM ANALYZE orders;`, seeded))
+	if out, err := seed.CombinedOutput(); err != nil {
+		return 0, 0, fmt.Errorf("seed orders: %v\n%s", err, out)
+	}
+	// Each run pays orders of its own half, so that neither finds the other's decided.
+	one := func(v string, lo, hi int) string {
+		return fmt.Sprintf("\\set %s random(%d, %d)\n", v, lo, hi) + strings.NewReplacer(":id", ":"+v).Replace(outcomeStatements)
+	}
+	if single, err = pgbench(dbURL, dir, "outcome", "BEGIN;\n"+one("id", 1, seeded/2)+"COMMIT;\n"); err != nil {
+		return 0, 0, err
+	}
+	script := "BEGIN;\n"
+	for i := range 8 {
+		script += one(fmt.Sprintf("id%d", i), seeded/2+1, seeded)
+	}
+	tps, err := pgbench(dbURL, dir, "outcome-group8", script+"COMMIT;\n")
+	if err != nil {
+		return 0, 0, err
+	}
+	group8 = 8 * tps
+	fmt.Printf("worker transaction: %.0f orders/s one per transaction, %.0f orders/s eight per transaction (x%.2f) (-c %d)\n",
+		single, group8, group8/single, *concurrency)
+	return single, group8, nil
+}
+
+// outcomeStatements are the worker's two statements for order :id, as orders.RecordOutcome
+// sends them (random ids: a few land on an order decided before, which then changes nothing).
+const outcomeStatements = `WITH inbox AS (INSERT INTO processed_messages (handler, message_id) VALUES ('payment', 'm-' || :client_id || '-' || :id || '-' || random()) ON CONFLICT DO NOTHING RETURNING 1) UPDATE orders SET status = 'PAID', version = version + 1, updated_at = now() WHERE id = :id AND status = 'PENDING' AND EXISTS (SELECT 1 FROM inbox) RETURNING id, customer_id, amount_minor, currency, status, version, created_at, updated_at;
+INSERT INTO watermill_outbox (uuid, payload, metadata, transaction_id) VALUES (gen_random_uuid()::text, '{"destination_topic":"payments","uuid":"0c5f3f2e-5d3c-4a8e-9c55-6c0f5b8e7a11","payload":"eyJvcmRlcklkIjoxLCJwYXltZW50SWQiOiJwYXlfMSIsImFtb3VudE1pbm9yIjoyMDAwMCwiY3VycmVuY3kiOiJVU0QiLCJwYWlkQXQiOiIyMDI2LTExLTI1VDAxOjAzOjMzLjY2MDgzNVoifQ==","metadata":{"ce_id":"0c5f3f2e-5d3c-4a8e-9c55-6c0f5b8e7a11","ce_source":"/orderpipe/payments","ce_specversion":"1.0","ce_subject":"1","ce_time":"2026-11-25T01:03:33.660835Z","ce_type":"payments.payment.succeeded.v1","content-type":"application/json"}}', NULL, pg_current_xact_id());
+`
+
+func psqlBin() string {
+	if _, err := exec.LookPath("psql"); err == nil {
+		return "psql"
+	}
+	return "/usr/lib/postgresql/15/bin/psql"
 }
 
 // createScript is the api's create transaction with a fresh Idempotency-Key, written
