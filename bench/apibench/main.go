@@ -4,9 +4,11 @@
 //     outbox insert, stored response) as a custom script → pgbench_create_tps; and an
 //     order's whole life (that plus the worker's transaction) → db_limit_orders_per_s,
 //     the database's limit for the whole pipeline.
+//
 //  2. The api binary, on the same fresh database, takes POST /orders with unique
 //     Idempotency-Keys from a closed loop of the same concurrency → api_create_rps;
 //     api_ratio = api_create_rps / pgbench_create_tps.
+//
 //  3. An open loop at 70 % of api_create_rps → api_p99_ms (latency from each request's
 //     scheduled start, so a stall is not hidden by the loop slowing down).
 //
