@@ -151,7 +151,8 @@ func run() error {
 func outcomeCommits(ctx context.Context, dbURL, dir string) (single, group8 float64, err error) {
 	const seeded = 2_000_000
 	seed := exec.CommandContext(ctx, psqlBin(), "-q", "-v", "ON_ERROR_STOP=1", dbURL, "-c",
-		fmt.Sprintf(`INSERT INTO orders (customer_id, amount_minor, currency) SELECT 'CUST001', 20000, 'USD' FROM generate_series(1, %d); VACUUM ANALYZE orders;`, seeded))
+		fmt.Sprintf(`INSERT INTO orders (customer_id, amount_minor, currency) SELECT 'CUST001', 20000, 'USD' FROM generate_series(1, %d)`, seeded),
+		"-c", "VACUUM ANALYZE orders")
 	if out, err := seed.CombinedOutput(); err != nil {
 		return 0, 0, fmt.Errorf("seed orders: %v\n%s", err, out)
 	}
