@@ -15,14 +15,15 @@ type budget struct {
 
 func newBudget(limit int64) *budget { return &budget{limit: limit, free: make(chan struct{})} }
 
-// take reserves n bytes if they fit and returns nil. If they do not, it returns a
+// take reserves n bytes while any of the budget is left and returns nil; the last record
+// admitted may overshoot it, so a large record is never starved by small ones (the
+// overshoot is at most one record per partition). When nothing is left it returns a
 // channel that is closed the next time bytes are given back (taken under the same lock,
-// so no give between the refusal and the wait is missed). A record larger than the
-// whole budget is admitted when nothing else is held, so that it cannot wait forever.
+// so no give between the refusal and the wait is missed).
 func (b *budget) take(n int64) <-chan struct{} {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.used > 0 && b.used+n > b.limit {
+	if b.used >= b.limit {
 		return b.free
 	}
 	b.used += n

@@ -22,7 +22,6 @@ type partition struct {
 	finished chan delivery // capacity MaxInFlight: a delivery never waits to report
 
 	inHandler   int             // deliveries started and not reported
-	behind      int             // finished records waiting for an older one
 	waiting     *record         // read but not admitted: the byte budget was spent
 	budgetFreed <-chan struct{} // closed when bytes are given back, while waiting
 	pausedAt    time.Time       // zero while reading
@@ -44,6 +43,10 @@ func (p *partition) run() {
 	slowPause := time.NewTicker(p.s.cfg.SlowPauseLog)
 	defer slowPause.Stop()
 	for {
+		if ctx.Err() != nil { // revoked: read no more, though Sarama may still have records buffered
+			p.release(ctx, cancel)
+			return
+		}
 		in := records
 		if p.waiting != nil || p.window.len() >= p.s.cfg.MaxInFlight {
 			in = nil
@@ -51,7 +54,7 @@ func (p *partition) run() {
 		p.setPaused(in == nil)
 		select {
 		case m, ok := <-in:
-			if !ok { // revoked: Sarama closes the claim's channel
+			if !ok { // revoked, or the partition consumer failed: Sarama closes the claim's channel
 				p.release(ctx, cancel)
 				return
 			}
@@ -74,7 +77,7 @@ func (p *partition) run() {
 // admit takes m into the window if the byte budget allows, and hands it to the handler
 // if no older record of its key is unfinished.
 func (p *partition) admit(ctx context.Context, m *sarama.ConsumerMessage) {
-	r := &record{msg: m, key: string(m.Key), size: int64(len(m.Key) + len(m.Value))}
+	r := &record{msg: m, offset: m.Offset, key: string(m.Key), size: int64(len(m.Key) + len(m.Value))}
 	for _, h := range m.Headers {
 		r.size += int64(len(h.Key) + len(h.Value))
 	}
@@ -90,6 +93,7 @@ func (p *partition) admit(ctx context.Context, m *sarama.ConsumerMessage) {
 
 // start hands r to the handler in a goroutine of its own, which reports on finished.
 func (p *partition) start(ctx context.Context, r *record) {
+	r.started = true
 	p.inHandler++
 	p.gauges.inHandler.Set(float64(p.inHandler))
 	go func() {
@@ -127,6 +131,11 @@ func (p *partition) release(ctx context.Context, cancel context.CancelFunc) {
 	for p.inHandler > 0 {
 		p.finish(ctx, <-p.finished)
 	}
+	for _, r := range p.window.recs {
+		if !r.started { // waited behind its key: its bytes were taken, never given back
+			p.s.budget.give(r.size)
+		}
+	}
 	took := time.Since(start)
 	p.s.metrics.release.WithLabelValues(p.claim.Topic()).Observe(took.Seconds())
 	p.s.cfg.Logger.Info("partition released", p.fields.Add(watermill.LogFields{
@@ -163,9 +172,13 @@ func (p *partition) logSlowPause() {
 	f := watermill.LogFields{"window": p.window.len(), "in_flight": p.inHandler,
 		"buffered_bytes": p.s.budget.inUse()}
 	if o := p.window.oldest(); o != nil {
-		f["oldest_offset"], f["oldest_key"] = o.msg.Offset, o.key
+		f["oldest_offset"], f["oldest_key"] = o.offset, o.key
 	}
-	p.s.cfg.Logger.Info("partition paused: the oldest unfinished record holds the window", p.fields.Add(f))
+	msg := "partition paused: the oldest unfinished record holds the window"
+	if p.waiting != nil {
+		msg = "partition paused: the byte budget is spent"
+	}
+	p.s.cfg.Logger.Info(msg, p.fields.Add(f))
 }
 
 // deliver sends r to the handler until it is acked (true) or the partition is let go
@@ -175,7 +188,7 @@ func (p *partition) deliver(ctx context.Context, r *record) bool {
 		msg, err := p.s.cfg.Unmarshaler.Unmarshal(r.msg)
 		if err != nil {
 			// The record cannot become a message; it holds its key, and the log says why.
-			p.s.cfg.Logger.Error("unmarshal record", err, p.fields.Add(watermill.LogFields{"offset": r.msg.Offset}))
+			p.s.cfg.Logger.Error("unmarshal record", err, p.fields.Add(watermill.LogFields{"offset": r.offset}))
 		} else {
 			switch p.send(ctx, msg, r.msg) {
 			case acked:

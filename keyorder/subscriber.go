@@ -18,8 +18,14 @@
 // When a partition is revoked (a rebalance) or the subscriber stops, the contexts of
 // the partition's messages are cancelled, the subscriber waits up to
 // Config.ReleaseTimeout for their handlers to ack or nack, commits what finished, and
-// lets the partition go. A crash therefore redelivers at most the window, and skips
-// nothing.
+// lets the partition go. A crash therefore redelivers at most the window (plus what
+// finished since Sarama's last commit), and skips nothing. A handler that ignores its
+// context past ReleaseTimeout may still be running when the partition's next owner is
+// given the same record: delivery is at least once, and handlers must be idempotent.
+//
+// Only eager rebalancing (Sarama's range, round-robin or sticky strategies) is
+// supported: a cooperative revocation is signalled only by closing the claim's channel,
+// which a paused partition does not read.
 package keyorder
 
 import (
@@ -54,7 +60,9 @@ type Config struct {
 	// yet committed. Default 256. 1 processes a partition one record at a time.
 	MaxInFlight int
 	// MaxBufferedBytes bounds the bytes (key, value and headers) of the records read
-	// and not yet finished across all partitions of the subscriber. Default 64 MiB.
+	// and not yet finished across all partitions of the subscriber; the last record
+	// admitted may overshoot it (by at most one record per partition), so that a large
+	// record is not starved by small ones. Default 64 MiB.
 	MaxBufferedBytes int64
 	// NackResendSleep is how long a nacked message waits before it is sent again.
 	// Default 1s.
@@ -117,8 +125,25 @@ func (c Config) Validate() error {
 		return fmt.Errorf("keyorder: MaxInFlight %d is negative", c.MaxInFlight)
 	case c.MaxBufferedBytes < 0:
 		return fmt.Errorf("keyorder: MaxBufferedBytes %d is negative", c.MaxBufferedBytes)
-	case c.Sarama != nil && !c.Sarama.Consumer.Offsets.AutoCommit.Enable:
+	case c.NackResendSleep < 0, c.ReleaseTimeout < 0, c.ReconnectBackoff < 0, c.SlowPauseLog < 0:
+		return errors.New("keyorder: a negative duration")
+	}
+	if c.Sarama == nil {
+		return nil
+	}
+	if !c.Sarama.Consumer.Offsets.AutoCommit.Enable {
 		return errors.New("keyorder: Sarama's Consumer.Offsets.AutoCommit.Enable must be on")
+	}
+	for _, s := range c.Sarama.Consumer.Group.Rebalance.GroupStrategies {
+		// A cooperative revocation only closes the claim's channel, which a paused
+		// partition does not read: it would keep its handlers until the group gave up.
+		if s.Name() == sarama.CooperativeStickyBalanceStrategyName {
+			return errors.New("keyorder: cooperative rebalancing is not supported; use an eager strategy")
+		}
+	}
+	if rt := c.ReleaseTimeout; rt >= c.Sarama.Consumer.Group.Rebalance.Timeout {
+		return fmt.Errorf("keyorder: ReleaseTimeout %s must be shorter than Sarama's Rebalance.Timeout %s",
+			rt, c.Sarama.Consumer.Group.Rebalance.Timeout)
 	}
 	return nil
 }
@@ -130,19 +155,20 @@ type Subscriber struct {
 	budget  *budget
 	metrics *metrics
 
-	closing   chan struct{}
-	closeOnce sync.Once
-	running   sync.WaitGroup // one per Subscribe
+	mu      sync.Mutex // orders Subscribe's start against Close
+	closed  bool
+	closing chan struct{}
+	running sync.WaitGroup // one per Subscribe
 }
 
 var _ message.Subscriber = (*Subscriber)(nil)
 
 // NewSubscriber returns a subscriber; it connects when Subscribe is called.
 func NewSubscriber(cfg Config) (*Subscriber, error) {
+	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	cfg.setDefaults()
 	b := newBudget(cfg.MaxBufferedBytes)
 	m, err := newMetrics(cfg.Registerer, b)
 	if err != nil {
@@ -155,10 +181,10 @@ func NewSubscriber(cfg Config) (*Subscriber, error) {
 // on. The channel is closed once ctx is done or the subscriber closed, after every
 // partition was let go.
 func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
-	select {
-	case <-s.closing:
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
 		return nil, errors.New("keyorder: subscriber closed")
-	default:
 	}
 	group, err := sarama.NewConsumerGroup(s.cfg.Brokers, s.cfg.ConsumerGroup, s.cfg.Sarama)
 	if err != nil {
@@ -188,7 +214,7 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 // consume runs the group member until ctx is done, joining again after errors.
 func (s *Subscriber) consume(ctx context.Context, group sarama.ConsumerGroup, topic string, h *groupHandler) {
 	errs := make(chan struct{})
-	go func() { // Sarama blocks without a reader when Consumer.Return.Errors is on
+	go func() { // with Consumer.Return.Errors on, errors not read are dropped unlogged
 		defer close(errs)
 		for err := range group.Errors() {
 			s.cfg.Logger.Error("kafka consumer error", err, h.fields)
@@ -217,7 +243,12 @@ func (s *Subscriber) consume(ctx context.Context, group sarama.ConsumerGroup, to
 
 // Close stops every Subscribe and waits until their partitions were let go.
 func (s *Subscriber) Close() error {
-	s.closeOnce.Do(func() { close(s.closing) })
+	s.mu.Lock()
+	if !s.closed {
+		s.closed = true
+		close(s.closing)
+	}
+	s.mu.Unlock()
 	s.running.Wait()
 	return nil
 }

@@ -377,6 +377,10 @@ func TestRebalanceCancelsHandlersInFlight(t *testing.T) {
 		return len(acked) == keys*perKey && sum == keys*perKey,
 			fmt.Sprintf("%d records acked, committed offsets %v; want all %d", len(acked), offs, keys*perKey)
 	})
+	// Records that waited behind their key when the partitions moved gave their bytes back.
+	if b := gauge(t, regA, "keyorder_buffered_bytes"); b != 0 {
+		t.Errorf("member a holds %v bytes with every record finished; want 0", b)
+	}
 }
 
 // releaseMs is the mean of keyorder_partition_release_seconds in reg, in milliseconds.

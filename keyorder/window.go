@@ -5,12 +5,16 @@ import "github.com/IBM/sarama"
 // record is one Kafka record of a partition from the moment it is admitted until its
 // offset is committed.
 type record struct {
-	msg *sarama.ConsumerMessage
+	// msg is the record as read; it is dropped once the handler finished, so that
+	// finished records waiting behind an older one hold no payload.
+	msg    *sarama.ConsumerMessage
+	offset int64
 	// key orders the record: records with the same key are handled one after another.
 	// Records without a key share the empty key, so they too go one at a time.
 	key string
 	// size is what the record counts against Config.MaxBufferedBytes.
 	size     int64
+	started  bool // handed to the handler (its bytes are given back when it ends)
 	finished bool
 }
 
@@ -45,6 +49,7 @@ func (w *window) add(r *record) bool {
 // newest record of the finished prefix, or -1 when the prefix did not move.
 func (w *window) finish(r *record) (next *record, commit int64) {
 	r.finished = true
+	r.msg = nil
 	q := w.keys[r.key]
 	if len(q) == 0 || q[0] != r {
 		panic("keyorder: finished a record that was not with the handler")
@@ -59,7 +64,7 @@ func (w *window) finish(r *record) (next *record, commit int64) {
 	commit = -1
 	n := 0
 	for n < len(w.recs) && w.recs[n].finished {
-		commit = w.recs[n].msg.Offset + 1
+		commit = w.recs[n].offset + 1
 		w.recs[n] = nil // let the record go
 		n++
 	}
