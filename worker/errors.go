@@ -16,8 +16,8 @@ import (
 //     reason when retries run out.
 //   - unavailable: a dependency cannot be reached (Postgres down, the provider not
 //     answering) or says it cannot serve now (the provider's 503, 429, 502, 504). The message is not at fault, so it is never poisoned: after the
-//     retries it is nacked and redelivered, holding its partition until the dependency
-//     is back. An outage therefore delays orders but poisons none. A failure caused by
+//     retries it is nacked and redelivered, holding its order (and, once the window is
+//     full behind it, its partition) until the dependency is back. An outage therefore delays orders but poisons none. A failure caused by
 //     the message's context being cancelled (the worker shutting down, or the partition
 //     moving to another worker in a rebalance) counts as unavailable too: it says nothing
 //     about the message, which the partition's next owner processes.
