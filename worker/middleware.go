@@ -34,9 +34,11 @@ const (
 //   - outcome counts what leaves the chain: success, or a nack (redelivery).
 //   - poison sends failures that are not "unavailable" to the poison topic, after the
 //     retries; permanent ones reach it at once because Retry skips them.
-//   - cancelledIsUnavailable makes the failure of a delivery whose context ended (a
-//     rebalance, a shutdown) unavailable, whatever error reports it.
 //   - reportResult writes the one log line per delivery, once retries are over.
+//   - cancelledIsUnavailable makes the failure of a delivery whose context ended (a
+//     rebalance, a shutdown) unavailable, whatever error reports it (outside Retry,
+//     which returns the context's cause; inside reportResult and poison, which must
+//     both see it as unavailable).
 //   - Retry retries transient and unavailable failures with exponential backoff and
 //     jitter.
 //   - attempts records each attempt in the metadata (the poison queue keeps it) and
@@ -49,8 +51,8 @@ func middlewares(cfg Config, poison message.HandlerMiddleware, m *metrics, logge
 		middleware.CorrelationID,
 		m.outcome,
 		poison,
-		cancelledIsUnavailable,
 		reportResult(logger),
+		cancelledIsUnavailable,
 		middleware.Retry{
 			MaxRetries:          cfg.MaxRetries,
 			InitialInterval:     cfg.RetryInterval,

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -189,22 +190,27 @@ func TestCancelledDeliveryIsNeverPoisoned(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := Config{MaxRetries: 5, RetryInterval: time.Second, RetryMaxInterval: time.Second, HandlerTimeout: time.Second}
+	ctx, cancel := context.WithCancelCause(context.Background())
 	h := func(*message.Message) ([]*message.Message, error) {
-		return nil, errors.New("payment provider answered 500") // transient: Retry waits
+		// The first attempt fails (transient: Retry waits a second), then the partition moves.
+		cancel(errors.New("kafka server: a rebalance for the group is in progress"))
+		return nil, errors.New("payment provider answered 500")
 	}
-	chain := middlewares(cfg, poison, m, slog.New(slog.DiscardHandler))
+	var logs bytes.Buffer
+	chain := middlewares(cfg, poison, m, slog.New(slog.NewJSONHandler(&logs, nil)))
 	for i := len(chain) - 1; i >= 0; i-- {
 		h = chain[i](h)
 	}
 	msg := message.NewMessage(watermill.NewUUID(), []byte("{}"))
-	ctx, cancel := context.WithCancelCause(context.Background())
 	msg.SetContext(ctx)
-	time.AfterFunc(100*time.Millisecond, func() { cancel(errors.New("kafka server: a rebalance for the group is in progress")) })
 	if _, err := h(msg); err == nil {
 		t.Error("chain returned no error for a cancelled delivery; want a nack")
 	}
 	if len(poisonQueue.msgs) > 0 {
 		t.Errorf("cancelled delivery poisoned with reason %q; want it nacked for redelivery",
 			poisonQueue.msgs[0].Metadata.Get(middleware.ReasonForPoisonedKey))
+	}
+	if got := logs.String(); !strings.Contains(got, `"msg":"message nacked; will be redelivered"`) || strings.Contains(got, "poisoned") {
+		t.Errorf("log = %s; want the delivery logged as nacked, never as poisoned", got)
 	}
 }

@@ -60,14 +60,15 @@ type Config struct {
 	// MaxBufferedBytes bounds the bytes of the messages read and not yet handled across
 	// all partitions. Default 64 MiB.
 	MaxBufferedBytes int64
-	// PaymentMaxConns bounds the connections to the payment provider; as many are kept
-	// idle for reuse (Go's default keeps 2, so a burst of concurrent payments would
-	// open and close a connection each). Default 256.
-	PaymentMaxConns int
+	// PaymentIdleConns is how many connections to the payment provider are kept open
+	// for reuse between payments (Go's default keeps 2, so with many payments in flight
+	// most would open and close a connection each). The number of open connections is
+	// not capped: a cap would queue payments against PaymentTimeout. Default 256.
+	PaymentIdleConns int
 	// Cache, when set, has each changed order's entry invalidated after commit.
 	Cache *orders.Cache
-	// Registerer receives the worker's and Watermill's router metrics; nil registers
-	// nothing.
+	// Registerer receives the worker's, Watermill's router and the keyorder
+	// subscriber's metrics; nil registers nothing.
 	Registerer prometheus.Registerer
 	// TracerProvider starts the consumer span of each delivery and the client span of
 	// each payment call; nil means tracing is off (trace context is still passed on).
@@ -103,8 +104,8 @@ func (c *Config) setDefaults() {
 	if c.MaxBufferedBytes == 0 {
 		c.MaxBufferedBytes = 64 << 20
 	}
-	if c.PaymentMaxConns == 0 {
-		c.PaymentMaxConns = 256
+	if c.PaymentIdleConns == 0 {
+		c.PaymentIdleConns = 256
 	}
 }
 
@@ -142,9 +143,8 @@ func New(store *orders.Store, cfg Config, logger *slog.Logger) (*Worker, error) 
 		return nil, err
 	}
 	transport := http.DefaultTransport.(*http.Transport).Clone()
-	transport.MaxConnsPerHost = cfg.PaymentMaxConns
-	transport.MaxIdleConnsPerHost = cfg.PaymentMaxConns
-	transport.MaxIdleConns = cfg.PaymentMaxConns
+	transport.MaxIdleConnsPerHost = cfg.PaymentIdleConns
+	transport.MaxIdleConns = cfg.PaymentIdleConns
 	w := &Worker{
 		metrics: m,
 		store:   store,

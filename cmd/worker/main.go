@@ -50,7 +50,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		HandlerTimeout:   env.Duration("WORKER_HANDLER_TIMEOUT", 0),
 		MaxInFlight:      env.Int("WORKER_MAX_IN_FLIGHT", 256, 1),
 		MaxBufferedBytes: int64(env.Int("WORKER_MAX_BUFFERED_BYTES", 64<<20, 1)),
-		PaymentMaxConns:  env.Int("WORKER_PAYMENT_MAX_CONNS", 256, 1),
+		PaymentIdleConns: env.Int("WORKER_PAYMENT_IDLE_CONNS", 256, 1),
 		CrashAfterCharge: env.Float("WORKER_FAILPOINT_CRASH_AFTER_CHARGE", 0, 0, 1),
 	}
 	dbMaxConns := env.Int("WORKER_DB_MAX_CONNS", 16, 1)
@@ -61,7 +61,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	logger.Info("starting", "database_url", envconf.Redact(databaseURL), "kafka_brokers", cfg.Brokers,
 		"topic_prefix", cfg.TopicPrefix, "group", cfg.ConsumerGroup, "payment_url", cfg.PaymentURL, "redis_url", envconf.Redact(redisURL), "admin_addr", adminAddr,
 		"max_in_flight", cfg.MaxInFlight, "max_buffered_bytes", cfg.MaxBufferedBytes,
-		"payment_max_conns", cfg.PaymentMaxConns, "db_max_conns", dbMaxConns)
+		"payment_idle_conns", cfg.PaymentIdleConns, "db_max_conns", dbMaxConns)
 
 	tp, traces, stopTracing, err := tracing.Provider(ctx, getenv, "worker", logger)
 	if err != nil {
