@@ -105,18 +105,20 @@ func TestChaosRelayKilled(t *testing.T) {
 
 // Scenario 2: workers killed -9 and SIGTERMed again and again, 2-3 workers in one group
 // (every stop and start is a rebalance), while the payment provider takes 100-200 ms (and
-// 3 s for one order in twenty), so that each worker has many orders of each partition in
+// 1 s for one order in twenty), so that each worker has many orders of each partition in
 // flight when it dies or its partitions move. Nothing is lost or charged twice, the work
 // redone after the faults is bounded by the window, and a rebalance cancels the payments
 // in flight instead of waiting for them.
 func TestChaosWorkersKilled(t *testing.T) {
-	const window, partitions = 16, 8
+	const window, partitions = 64, 8
 	p := startPipeline(t, options{workers: size(2, 3), env: []string{"LOG_LEVEL=info"},
-		paymentsimEnv: []string{"PAYMENTSIM_LATENCY=100ms", "PAYMENTSIM_LATENCY_JITTER=100ms", "PAYMENTSIM_SLOW_DELAY=3s"},
+		paymentsimEnv: []string{"PAYMENTSIM_LATENCY=100ms", "PAYMENTSIM_LATENCY_JITTER=100ms", "PAYMENTSIM_SLOW_DELAY=1s"},
 		workerEnv:     []string{fmt.Sprintf("WORKER_MAX_IN_FLIGHT=%d", window)}})
 	pr := watchProgress(t, p.openDB(t))
 	began := time.Now()
-	tr := startTraffic(p, trafficSpec{clients: 4, orders: 1_000_000, pause: 10 * time.Millisecond,
+	// The window must hold what a partition receives while its slowest order is paid
+	// (here about 20/s × 1 s): a smaller one pauses the partition behind every slow order.
+	tr := startTraffic(p, trafficSpec{clients: 2, orders: 1_000_000, pause: 10 * time.Millisecond,
 		amount: func(i int) string {
 			switch {
 			case i%10 == 0:
@@ -186,11 +188,11 @@ func TestChaosWorkersKilled(t *testing.T) {
 	if float64(redone) > bound {
 		t.Errorf("%d deliveries redone, more than the window bounds: %.0f", redone, bound)
 	}
-	// Without cancellation a release would wait for the slow payments in flight (up to 3 s).
+	// Without cancellation a release would wait for the slow payments in flight (up to 1 s).
 	slices.Sort(took)
 	t.Logf("time to release a partition: median %d ms, max %d ms", took[len(took)/2], took[len(took)-1])
-	if took[len(took)-1] > 2000 {
-		t.Errorf("a partition took %d ms to release; want the payments in flight cancelled, not waited for (3 s)", took[len(took)-1])
+	if took[len(took)-1] > 500 {
+		t.Errorf("a partition took %d ms to release; want the payments in flight cancelled, not waited for (up to 1 s)", took[len(took)-1])
 	}
 }
 
@@ -253,7 +255,16 @@ func TestChaosWorkerCrashesAfterCharge(t *testing.T) {
 		}
 		for i, w := range p.workers {
 			if w.exited() {
-				p.workers[i] = w.restart(t)
+				// A crash redoes the crashed worker's window, and redone payments roll the
+				// failpoint again: after three crashes, restarts come without it, which
+				// bounds the scenario's length.
+				env := w.env
+				if faults.n >= 2 {
+					env = slices.DeleteFunc(slices.Clone(env), func(e string) bool {
+						return strings.HasPrefix(e, "WORKER_FAILPOINT_CRASH_AFTER_CHARGE=")
+					})
+				}
+				p.workers[i] = startDaemon(t, w.name, env, w.healthURL)
 				faults.ended()
 			}
 		}
