@@ -191,7 +191,7 @@ func TestChaosWorkersKilled(t *testing.T) {
 	// Without cancellation a release would wait for the slow payments in flight (up to 1 s).
 	slices.Sort(took)
 	t.Logf("time to release a partition: median %d ms, max %d ms", took[len(took)/2], took[len(took)-1])
-	if took[len(took)-1] > 500 {
+	if took[len(took)-1] > 900 { // measured: at most 99 ms (make test), 326 ms (make chaos); 1,726 ms without cancelling
 		t.Errorf("a partition took %d ms to release; want the payments in flight cancelled, not waited for (up to 1 s)", took[len(took)-1])
 	}
 }
