@@ -29,6 +29,11 @@ type Order struct {
 	Version    int
 	CreatedAt  time.Time
 	UpdatedAt  time.Time
+	// PaymentKey is the payment provider's idempotency key for the order,
+	// "order-<id>-<uuid>": the same for every attempt, replay and worker, and never
+	// another order's, whatever database or restore the id comes from. Orders created
+	// before schema version 2 keep "order-<id>", under which they may have been charged.
+	PaymentKey string
 }
 
 var (

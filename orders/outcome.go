@@ -19,7 +19,8 @@ type Outcome struct {
 }
 
 // RecordOutcome is the worker's transaction: it records that handler processed the
-// message (the inbox), moves the order from PENDING to PAID or PAYMENT_FAILED, and
+// message for order id (the inbox, keyed by both: a message id reused for another order
+// is not a redelivery), moves the order from PENDING to PAID or PAYMENT_FAILED, and
 // writes PaymentSucceeded or PaymentFailed to the outbox, all or nothing. It returns the
 // changed order, or recorded=false and changes nothing when the message had been
 // processed before (a redelivery); ErrNotPending when the order already has a final
@@ -48,7 +49,7 @@ func (s *Store) RecordOutcome(ctx context.Context, handler, messageID string, id
 // recordOutcomeSQL inserts the inbox entry and, only if it was new, moves the order
 // forward from PENDING: a late or repeated outcome can never roll a final status back.
 const recordOutcomeSQL = `WITH inbox AS (
-	INSERT INTO processed_messages (handler, message_id) VALUES ($3, $4) ON CONFLICT DO NOTHING RETURNING 1
+	INSERT INTO processed_messages (handler, order_id, message_id) VALUES ($3, $1, $4) ON CONFLICT DO NOTHING RETURNING 1
 )
 UPDATE orders SET status = $2, version = version + 1, updated_at = now()
 WHERE id = $1 AND status = 'PENDING' AND EXISTS (SELECT 1 FROM inbox)
@@ -121,7 +122,7 @@ func (s *Store) whyUnchanged(ctx context.Context, pc *pgx.Conn, id int64, handle
 	b := &pgx.Batch{}
 	b.Queue("ROLLBACK")
 	b.Queue(`SELECT (SELECT status FROM orders WHERE id = $1),
-		EXISTS (SELECT 1 FROM processed_messages WHERE handler = $2 AND message_id = $3)`, id, handler, messageID)
+		EXISTS (SELECT 1 FROM processed_messages WHERE handler = $2 AND order_id = $1 AND message_id = $3)`, id, handler, messageID)
 	br := pc.SendBatch(ctx, b)
 	defer br.Close()
 	var (

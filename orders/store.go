@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -27,18 +28,25 @@ func NewStore(db *sql.DB, ob *outbox.Outbox) *Store {
 	return &Store{db: db, outbox: ob}
 }
 
-const orderColumns = `id, customer_id, amount_minor, currency, status, version, created_at, updated_at`
+const orderColumns = `id, customer_id, amount_minor, currency, status, version, created_at, updated_at, payment_key`
 
 type scanner interface{ Scan(dest ...any) error }
 
 func scanOrder(row scanner) (Order, error) {
-	var o Order
+	var (
+		o   Order
+		key sql.NullString
+	)
 	err := row.Scan(&o.ID, &o.CustomerID, &o.Amount.Minor, &o.Amount.Currency, &o.Status,
-		&o.Version, &o.CreatedAt, &o.UpdatedAt)
+		&o.Version, &o.CreatedAt, &o.UpdatedAt, &key)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Order{}, ErrNotFound
 	}
 	o.CreatedAt, o.UpdatedAt = o.CreatedAt.UTC(), o.UpdatedAt.UTC()
+	o.PaymentKey = "order-" + strconv.FormatInt(o.ID, 10) // an order from before payment keys
+	if key.Valid {
+		o.PaymentKey += "-" + key.String
+	}
 	return o, err
 }
 

@@ -13,7 +13,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
-	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -225,14 +225,23 @@ func (w *Worker) handle(msg *message.Message) error {
 	if !ok {
 		return permanent(fmt.Errorf("%w: %s is not handled on this topic", events.ErrUnknownType, e.Type()))
 	}
+	id := messageID(msg)
+	if strings.TrimSpace(id) == "" || len(id) > maxMessageIDLen {
+		// Nothing to deduplicate by: a redelivery could not be told from a new message.
+		return permanent(fmt.Errorf("message without a usable id (%s or Watermill uuid, 1 to %d bytes): %.40q",
+			events.MetaID, maxMessageIDLen, id))
+	}
 	// The outcome event carries the correlation id of the request that created the order.
 	ctx := events.WithCorrelationID(msg.Context(), middleware.MessageCorrelationID(msg))
-	return w.pay(ctx, messageID(msg), created)
+	return w.pay(ctx, id, created)
 }
 
+// maxMessageIDLen bounds the message ids the inbox records (ours are 36-byte UUIDs).
+const maxMessageIDLen = 200
+
 // pay charges an order and records the outcome. Every step is safe to repeat: the
-// payment is idempotent by order, and the inbox entry, status change and outcome event
-// commit together or not at all.
+// payment is idempotent by the order's payment key, and the inbox entry (keyed by order
+// and message), status change and outcome event commit together or not at all.
 func (w *Worker) pay(ctx context.Context, msgID string, e events.OrderCreated) error {
 	o, err := w.store.Get(ctx, e.ID)
 	if errors.Is(err, orders.ErrNotFound) {
@@ -247,7 +256,7 @@ func (w *Worker) pay(ctx context.Context, msgID string, e events.OrderCreated) e
 		w.invalidate(ctx, o)
 		return nil
 	}
-	charge, err := w.payments.Charge(ctx, "order-"+strconv.FormatInt(o.ID, 10), o.ID, o.Amount.Minor, o.Amount.Currency)
+	charge, err := w.payments.Charge(ctx, o.PaymentKey, o.ID, o.Amount.Minor, o.Amount.Currency)
 	if err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -139,17 +140,13 @@ func TestDuplicateAfterCrashBeforeCommitChargesOnce(t *testing.T) {
 	sim := newSim(t)
 	f := newFixture(t, sim)
 	o, msg := f.order(t)
-	if _, err := f.w.payments.Charge(context.Background(), "order-1", o.ID, o.Amount.Minor, o.Amount.Currency); err != nil {
+	if _, err := f.w.payments.Charge(context.Background(), o.PaymentKey, o.ID, o.Amount.Minor, o.Amount.Currency); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.w.handle(msg); err != nil {
 		t.Fatal(err)
 	}
-	resp := httptest.NewRecorder()
-	sim.ServeHTTP(resp, httptest.NewRequest(http.MethodGet, "/payments?orderId=1", nil))
-	var ledger []paymentsim.Payment
-	json.Unmarshal(resp.Body.Bytes(), &ledger)
-	if len(ledger) != 1 {
+	if ledger := ledgerOf(t, sim, o.ID); len(ledger) != 1 {
 		t.Errorf("ledger has %d charges for the order, want 1", len(ledger))
 	}
 	if got := f.status(t, o.ID); got != orders.StatusPaid {
@@ -289,4 +286,112 @@ func newSim(t *testing.T) *paymentsim.Server {
 		t.Fatal(err)
 	}
 	return sim
+}
+
+// A record for another order reusing an event id (a foreign producer's, or a copy's) is
+// not a redelivery: the inbox is keyed by the order as well as the id, so the second
+// order is charged and recorded. Keyed by the id alone, it was charged, its inbox entry
+// conflicted, and it was acked as already processed: charged, never recorded.
+func TestEventIDReusedForAnotherOrderIsRecorded(t *testing.T) {
+	f := newFixture(t, newSim(t))
+	a, msgA := f.order(t)
+	b, msgB := f.order(t)
+	msgB.UUID = msgA.UUID
+	msgB.Metadata.Set(events.MetaID, msgA.Metadata.Get(events.MetaID))
+	for _, msg := range []*message.Message{msgA, msgB} {
+		if err := f.w.handle(msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, o := range []orders.Order{a, b} {
+		if got := f.status(t, o.ID); got != orders.StatusPaid {
+			t.Errorf("order %d: status = %s, want PAID", o.ID, got)
+		}
+	}
+	if got := f.calls.Load(); got != 2 {
+		t.Errorf("payment provider called %d times, want 2", got)
+	}
+}
+
+// A record without a usable id (no ce_id and no Watermill uuid, or an absurd one) cannot
+// be deduplicated, so it is poisoned before anything is charged.
+func TestMessageWithoutUsableIDIsPoisonedUncharged(t *testing.T) {
+	f := newFixture(t, newSim(t))
+	for name, id := range map[string]string{"none": "", "blank": "  ", "huge": strings.Repeat("x", 300)} {
+		o, msg := f.order(t)
+		msg.UUID = id
+		msg.Metadata.Set(events.MetaID, id)
+		if err := f.w.handle(msg); !isPermanent(err) {
+			t.Errorf("%s: handle = %v, want a permanent error", name, err)
+		}
+		if got := f.status(t, o.ID); got != orders.StatusPending {
+			t.Errorf("%s: status = %s, want PENDING", name, got)
+		}
+	}
+	if got := f.calls.Load(); got != 0 {
+		t.Errorf("payment provider called %d times, want 0", got)
+	}
+}
+
+// The payment idempotency key is unique across databases: two databases (a restored or
+// reset one with the provider's ledger kept, or two environments sharing a provider)
+// both have an order 1, and each is charged on its own. With "order-<id>" the second
+// was "paid" by the first one's charge.
+func TestPaymentKeyIsUniqueAcrossDatabases(t *testing.T) {
+	sim := newSim(t)
+	f1, f2 := newFixture(t, sim), newFixture(t, sim)
+	o1, m1 := f1.order(t)
+	o2, m2 := f2.order(t)
+	if o1.ID != o2.ID {
+		t.Fatalf("order ids %d and %d; the test needs the same id in both databases", o1.ID, o2.ID)
+	}
+	for _, c := range []struct {
+		f   *fixture
+		msg *message.Message
+	}{{f1, m1}, {f2, m2}} {
+		if err := c.f.w.handle(c.msg); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.f.w.handle(c.msg.Copy()); err != nil { // a redelivery: the same key again
+			t.Fatal(err)
+		}
+	}
+	ledger := ledgerOf(t, sim, o1.ID)
+	if len(ledger) != 2 || ledger[0].IdempotencyKey == ledger[1].IdempotencyKey {
+		t.Fatalf("ledger of order %d = %+v, want two charges under different keys", o1.ID, ledger)
+	}
+	for _, p := range ledger {
+		if !strings.HasPrefix(p.IdempotencyKey, fmt.Sprintf("order-%d-", o1.ID)) {
+			t.Errorf("key %q does not name the order", p.IdempotencyKey)
+		}
+	}
+}
+
+// An order created before payment keys existed (its key is NULL) keeps the key it may
+// already have been charged under, "order-<id>", so an upgrade never charges it twice.
+func TestOrderFromBeforePaymentKeysKeepsItsKey(t *testing.T) {
+	sim := newSim(t)
+	f := newFixture(t, sim)
+	o, msg := f.order(t)
+	if _, err := f.db.Exec(`UPDATE orders SET payment_key = NULL WHERE id = $1`, o.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.w.handle(msg); err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("order-%d", o.ID)
+	if ledger := ledgerOf(t, sim, o.ID); len(ledger) != 1 || ledger[0].IdempotencyKey != want {
+		t.Errorf("ledger = %+v, want one charge under %q", ledger, want)
+	}
+}
+
+func ledgerOf(t *testing.T, sim *paymentsim.Server, orderID int64) []paymentsim.Payment {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	sim.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, fmt.Sprintf("/payments?orderId=%d", orderID), nil))
+	var out []paymentsim.Payment
+	if err := json.Unmarshal(rec.Body.Bytes(), &out); err != nil {
+		t.Fatalf("ledger: %v: %s", err, rec.Body)
+	}
+	return out
 }

@@ -213,7 +213,7 @@ func outcomeCommits(ctx context.Context, dbURL, dir string) (single, group8 floa
 // outcomeUpdate and outcomeInsert are the worker's two statements for order :id, as
 // orders.RecordOutcome sends them (a seeded order decided before would change nothing).
 const (
-	outcomeUpdate = `WITH inbox AS (INSERT INTO processed_messages (handler, message_id) VALUES ('payment', 'm-' || :client_id || '-' || :id || '-' || random()) ON CONFLICT DO NOTHING RETURNING 1) UPDATE orders SET status = 'PAID', version = version + 1, updated_at = now() WHERE id = :id AND status = 'PENDING' AND EXISTS (SELECT 1 FROM inbox) RETURNING id, customer_id, amount_minor, currency, status, version, created_at, updated_at;`
+	outcomeUpdate = `WITH inbox AS (INSERT INTO processed_messages (handler, order_id, message_id) VALUES ('payment', :id, 'm-' || :client_id || '-' || :id || '-' || random()) ON CONFLICT DO NOTHING RETURNING 1) UPDATE orders SET status = 'PAID', version = version + 1, updated_at = now() WHERE id = :id AND status = 'PENDING' AND EXISTS (SELECT 1 FROM inbox) RETURNING id, customer_id, amount_minor, currency, status, version, created_at, updated_at, payment_key;`
 	outcomeInsert = `INSERT INTO watermill_outbox (uuid, payload, metadata, transaction_id) VALUES (gen_random_uuid()::text, '{"destination_topic":"payments","uuid":"0c5f3f2e-5d3c-4a8e-9c55-6c0f5b8e7a11","payload":"eyJvcmRlcklkIjoxLCJwYXltZW50SWQiOiJwYXlfMSIsImFtb3VudE1pbm9yIjoyMDAwMCwiY3VycmVuY3kiOiJVU0QiLCJwYWlkQXQiOiIyMDI2LTExLTI1VDAxOjAzOjMzLjY2MDgzNVoifQ==","metadata":{"ce_id":"0c5f3f2e-5d3c-4a8e-9c55-6c0f5b8e7a11","ce_source":"/orderpipe/payments","ce_specversion":"1.0","ce_subject":"1","ce_time":"2026-11-25T01:03:33.660835Z","ce_type":"payments.payment.succeeded.v1","content-type":"application/json"}}', NULL, pg_current_xact_id());`
 )
 
@@ -229,7 +229,7 @@ func psqlBin() string {
 const createScript = `\set k random(1, 9000000000000000000)
 BEGIN;
 INSERT INTO idempotency_keys (key, request_hash, expires_at) VALUES ('k-' || :client_id || '-' || :k, '\x0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef', now() + make_interval(secs => 86400)) ON CONFLICT (key) DO NOTHING;
-INSERT INTO orders (customer_id, amount_minor, currency) VALUES ('CUST001', 20000, 'USD') RETURNING id, customer_id, amount_minor, currency, status, version, created_at, updated_at;
+INSERT INTO orders (customer_id, amount_minor, currency) VALUES ('CUST001', 20000, 'USD') RETURNING id, customer_id, amount_minor, currency, status, version, created_at, updated_at, payment_key;
 INSERT INTO watermill_outbox (uuid, payload, metadata, transaction_id) VALUES (gen_random_uuid()::text, '{"destination_topic":"orders","uuid":"7bd446c6-1097-4a74-b200-5eaa2faa943f","payload":"eyJvcmRlcklkIjoxLCJjdXN0b21lcklkIjoiQ1VTVDAwMSIsImFtb3VudE1pbm9yIjoyMDAwMCwiY3VycmVuY3kiOiJVU0QiLCJjcmVhdGVkQXQiOiIyMDI2LTExLTI1VDAxOjAzOjMzLjY2MDgzNVoifQ==","metadata":{"ce_id":"7bd446c6-1097-4a74-b200-5eaa2faa943f","ce_source":"/orderpipe/orders","ce_specversion":"1.0","ce_subject":"1","ce_time":"2026-11-25T01:03:33.660835Z","ce_type":"orders.order.created.v1","content-type":"application/json"}}', NULL, pg_current_xact_id());
 UPDATE idempotency_keys SET status_code = 201, response_body = '\x7b226964223a312c22637573746f6d65724964223a2243555354303031222c22616d6f756e74223a3230302c2263757272656e6379223a22555344222c22737461747573223a2250454e44494e47222c22637265617465644174223a22323032362d31312d32355430313a30333a33332e3636303833355a222c22757064617465644174223a22323032362d31312d32355430313a30333a33332e3636303833355a227d', order_id = currval(pg_get_serial_sequence('orders', 'id')) WHERE key = 'k-' || :client_id || '-' || :k;
 COMMIT;
@@ -239,8 +239,8 @@ COMMIT;
 // transaction, then the worker's (inbox entry, forward-only status change, outcome event
 // in the outbox). Its rate is the database's limit for the pipeline: db_limit_orders_per_s.
 const wholeLifeScript = createScript + `BEGIN;
-INSERT INTO processed_messages (handler, message_id) VALUES ('payment', 'm-' || :client_id || '-' || :k) ON CONFLICT DO NOTHING;
-UPDATE orders SET status = 'PAID', version = version + 1, updated_at = now() WHERE id = (SELECT currval(pg_get_serial_sequence('orders', 'id'))) AND status = 'PENDING' RETURNING id, customer_id, amount_minor, currency, status, version, created_at, updated_at;
+INSERT INTO processed_messages (handler, order_id, message_id) VALUES ('payment', currval(pg_get_serial_sequence('orders', 'id')), 'm-' || :client_id || '-' || :k) ON CONFLICT DO NOTHING;
+UPDATE orders SET status = 'PAID', version = version + 1, updated_at = now() WHERE id = (SELECT currval(pg_get_serial_sequence('orders', 'id'))) AND status = 'PENDING' RETURNING id, customer_id, amount_minor, currency, status, version, created_at, updated_at, payment_key;
 INSERT INTO watermill_outbox (uuid, payload, metadata, transaction_id) VALUES (gen_random_uuid()::text, '{"destination_topic":"payments","uuid":"0c5f3f2e-5d3c-4a8e-9c55-6c0f5b8e7a11","payload":"eyJvcmRlcklkIjoxLCJwYXltZW50SWQiOiJwYXlfMSIsImFtb3VudE1pbm9yIjoyMDAwMCwiY3VycmVuY3kiOiJVU0QiLCJwYWlkQXQiOiIyMDI2LTExLTI1VDAxOjAzOjMzLjY2MDgzNVoifQ==","metadata":{"ce_id":"0c5f3f2e-5d3c-4a8e-9c55-6c0f5b8e7a11","ce_source":"/orderpipe/payments","ce_specversion":"1.0","ce_subject":"1","ce_time":"2026-11-25T01:03:33.660835Z","ce_type":"payments.payment.succeeded.v1","content-type":"application/json"}}', NULL, pg_current_xact_id());
 COMMIT;
 `
