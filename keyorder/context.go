@@ -7,20 +7,27 @@ import (
 	"github.com/IBM/sarama"
 )
 
-// Record is where a message came from in Kafka.
+// Record is where a message came from in Kafka, and how often this subscriber has
+// delivered it.
 type Record struct {
 	Topic     string
 	Partition int32
 	Offset    int64
 	Key       []byte
 	Timestamp time.Time
+	// Delivery counts the deliveries of the record since this subscriber read it: 1,
+	// then one more after each nack. A record read again (after a rebalance or a
+	// restart) starts from 1.
+	Delivery int
+	// FirstDelivered is when the record was first delivered since it was read.
+	FirstDelivered time.Time
 }
 
 type recordKey struct{}
 
-func withRecord(ctx context.Context, m *sarama.ConsumerMessage) context.Context {
+func withRecord(ctx context.Context, m *sarama.ConsumerMessage, delivery int, first time.Time) context.Context {
 	return context.WithValue(ctx, recordKey{}, Record{Topic: m.Topic, Partition: m.Partition,
-		Offset: m.Offset, Key: m.Key, Timestamp: m.Timestamp})
+		Offset: m.Offset, Key: m.Key, Timestamp: m.Timestamp, Delivery: delivery, FirstDelivered: first})
 }
 
 // RecordFromContext returns the Kafka record a message's context was made for (a

@@ -21,6 +21,13 @@ import (
 //     the message's context being cancelled (the worker shutting down, or the partition
 //     moving to another worker in a rebalance) counts as unavailable too: it says nothing
 //     about the message, which the partition's next owner processes.
+//     Unavailability has an end for one message (unavailableBudget): held past
+//     UnavailableBudget while other messages are processed, it is poisoned.
+//   - provider down, a kind of unavailable: the provider refuses requests in a way that
+//     says it refuses everyone (see PaymentClient.Charge): we are misconfigured or it is
+//     down. Never poisoned, and it spends no message's budget; the payment client stops
+//     calling it but for one probe at a time (the partitions then pause, their windows
+//     full), and an alert fires.
 type permanentError struct{ err error }
 
 func (e *permanentError) Error() string { return e.err.Error() }
@@ -41,10 +48,24 @@ func (e *unavailableError) Unwrap() error { return e.err }
 
 func unavailable(err error) error { return &unavailableError{err} }
 
+type providerDownError struct{ err error }
+
+func (e *providerDownError) Error() string { return e.err.Error() }
+func (e *providerDownError) Unwrap() error { return e.err }
+
+func providerDown(err error) error { return &providerDownError{err} }
+
+// isProviderDown reports whether err means the payment provider refuses everyone.
+func isProviderDown(err error) bool {
+	var d *providerDownError
+	return errors.As(err, &d)
+}
+
 // isUnavailable reports whether err means a dependency is down.
 func isUnavailable(err error) bool {
 	var u *unavailableError
-	return errors.As(err, &u) || (!isPermanent(err) && (postgres.IsUnavailable(err) || errors.Is(err, context.Canceled)))
+	return errors.As(err, &u) || isProviderDown(err) ||
+		(!isPermanent(err) && (postgres.IsUnavailable(err) || errors.Is(err, context.Canceled)))
 }
 
 // shouldPoison decides, once retries are over, whether the message goes to the poison

@@ -12,6 +12,8 @@ type metrics struct {
 	poisoned *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
 	payments *prometheus.CounterVec
+	// providerRefusing is 1 while the payment provider refuses every request.
+	providerRefusing prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -33,6 +35,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		payments: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "worker_payments_total", Help: "Payment outcomes recorded: approved or declined.",
 		}, []string{"outcome"}),
+		providerRefusing: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "worker_payment_provider_refusing",
+			Help: "1 while the payment provider refuses every request (401, 403, 404, 405, 407, 408): payments paused but for probes.",
+		}),
 	}
 	// Every series exists from the start, at 0: dashboards show 0 rather than no data,
 	// and rate() does not miss a series' first increment.
@@ -45,7 +51,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m.payments.WithLabelValues("approved")
 	m.payments.WithLabelValues("declined")
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.messages, m.retries, m.poisoned, m.latency, m.payments} {
+		for _, c := range []prometheus.Collector{m.messages, m.retries, m.poisoned, m.latency, m.payments, m.providerRefusing} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

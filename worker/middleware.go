@@ -1,8 +1,10 @@
 package worker
 
 import (
+	"fmt"
 	"log/slog"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/orderpipe/orderpipe/events"
 	"github.com/orderpipe/orderpipe/internal/tracing"
+	"github.com/orderpipe/orderpipe/keyorder"
 )
 
 // Metadata the worker adds to a message as it is tried; a poisoned message carries them
@@ -35,6 +38,8 @@ const (
 //   - poison sends failures that are not "unavailable" to the poison topic, after the
 //     retries; permanent ones reach it at once because Retry skips them.
 //   - reportResult writes the one log line per delivery, once retries are over.
+//   - budget turns the unavailability of a message held past UnavailableBudget, while
+//     other messages were processed, into a permanent failure: poisoned.
 //   - cancelledIsUnavailable makes the failure of a delivery whose context ended (a
 //     rebalance, a shutdown) unavailable, whatever error reports it (outside Retry,
 //     which returns the context's cause; inside reportResult and poison, which must
@@ -46,12 +51,14 @@ const (
 //   - Timeout bounds each attempt.
 //   - Recoverer is innermost, so a panic becomes an error that Retry and poison see.
 func middlewares(cfg Config, poison message.HandlerMiddleware, m *metrics, logger *slog.Logger) []message.HandlerMiddleware {
+	b := &unavailableBudget{limit: cfg.UnavailableBudget}
 	return []message.HandlerMiddleware{
 		traceMessages(tracing.Tracer(cfg.TracerProvider)),
 		middleware.CorrelationID,
 		m.outcome,
 		poison,
 		reportResult(logger),
+		b.middleware,
 		cancelledIsUnavailable,
 		middleware.Retry{
 			MaxRetries:          cfg.MaxRetries,
@@ -82,6 +89,51 @@ func cancelledIsUnavailable(h message.HandlerFunc) message.HandlerFunc {
 			return out, unavailable(err)
 		}
 		return out, err
+	}
+}
+
+// unavailableBudget gives each message's unavailability an end. An error that says a
+// dependency is unavailable holds the message (nacked, redelivered) rather than poison
+// it, since an outage is no fault of the message. But some never end for one message
+// while the others succeed: a statement timeout that recurs for it, a handler deadline it
+// always hits, a provider answering 503 to this order alone. So a message that is still
+// unavailable limit after its first delivery is poisoned, with the reason, if another
+// message was processed in the last minute (or during its last delivery, if that took
+// longer): what the others see tells the two apart. In an outage nothing is processed,
+// so however long it lasts no message is poisoned for it. Provider-down errors never count (every message would see them), nor do
+// deliveries cut short by a rebalance or shutdown.
+//
+// The first delivery is the subscriber's (keyorder.Record): a message read again after a
+// rebalance or restart starts a new budget. Messages from other subscribers have none.
+type unavailableBudget struct {
+	limit       time.Duration
+	lastSuccess atomic.Int64 // when a message was last processed, Unix nanoseconds
+}
+
+// budgetEvidence is how recently another message must have been processed for a
+// message's own unavailability to spend its budget.
+const budgetEvidence = time.Minute
+
+func (b *unavailableBudget) middleware(h message.HandlerFunc) message.HandlerFunc {
+	return func(msg *message.Message) ([]*message.Message, error) {
+		ctx := msg.Context() // the delivery's
+		start := time.Now()
+		out, err := h(msg)
+		if err == nil {
+			b.lastSuccess.Store(time.Now().UnixNano())
+			return out, nil
+		}
+		rec, ok := keyorder.RecordFromContext(ctx)
+		if !ok || ctx.Err() != nil || !isUnavailable(err) || isProviderDown(err) {
+			return out, err
+		}
+		held := time.Since(rec.FirstDelivered)
+		recent := max(time.Since(start), budgetEvidence)
+		if held < b.limit || time.Since(time.Unix(0, b.lastSuccess.Load())) > recent {
+			return out, err // within its budget, or nothing gets through: an outage
+		}
+		return out, permanent(fmt.Errorf("unavailable for %s over %d deliveries while other messages were processed (budget %s): %v",
+			held.Round(time.Millisecond), rec.Delivery, b.limit, err))
 	}
 }
 

@@ -53,6 +53,15 @@ type Config struct {
 	RetryMaxInterval time.Duration
 	// HandlerTimeout bounds one attempt at a message. Default 15s.
 	HandlerTimeout time.Duration
+	// UnavailableBudget ends one message's unavailability: a message whose dependency
+	// has been unavailable for this long since it was first delivered (by this worker),
+	// while other messages were processed meanwhile, is poisoned with the reason. An
+	// outage, which no message gets through, holds messages however long it lasts.
+	// Default 10m.
+	UnavailableBudget time.Duration
+	// PaymentProbeInterval is how often one payment is let through to the provider while
+	// it refuses every request (PaymentClient.ProbeInterval). Default 5s.
+	PaymentProbeInterval time.Duration
 	// MaxInFlight is each partition's window (keyorder.Config.MaxInFlight): how many of
 	// its messages may be read and not yet committed. Orders are handled concurrently
 	// within it, one order's events one after another. Default 256.
@@ -98,6 +107,12 @@ func (c *Config) setDefaults() {
 	if c.HandlerTimeout == 0 {
 		c.HandlerTimeout = 15 * time.Second
 	}
+	if c.UnavailableBudget == 0 {
+		c.UnavailableBudget = 10 * time.Minute
+	}
+	if c.PaymentProbeInterval == 0 {
+		c.PaymentProbeInterval = 5 * time.Second
+	}
 	if c.MaxInFlight == 0 {
 		c.MaxInFlight = 256
 	}
@@ -113,6 +128,9 @@ func (c *Config) setDefaults() {
 func (c Config) Validate() error {
 	if len(c.Brokers) == 0 {
 		return errors.New("no Kafka brokers")
+	}
+	if c.UnavailableBudget < 0 || c.PaymentProbeInterval < 0 {
+		return errors.New("durations must not be negative")
 	}
 	return nil
 }
@@ -151,6 +169,15 @@ func New(store *orders.Store, cfg Config, logger *slog.Logger) (*Worker, error) 
 		cache:   cfg.Cache,
 		payments: &PaymentClient{BaseURL: cfg.PaymentURL, HTTP: &http.Client{
 			Timeout: cfg.PaymentTimeout, Transport: tracing.Transport(cfg.TracerProvider, transport),
+		}, ProbeInterval: cfg.PaymentProbeInterval, OnRefusing: func(refusal error) {
+			if refusal != nil {
+				m.providerRefusing.Set(1)
+				logger.Error("payment provider refuses every request: payments paused, probing; no order is poisoned for it",
+					"payment_url", cfg.PaymentURL, "probe_interval", cfg.PaymentProbeInterval, "err", refusal)
+				return
+			}
+			m.providerRefusing.Set(0)
+			logger.Info("payment provider accepts requests again: payments resumed", "payment_url", cfg.PaymentURL)
 		}},
 		logger: logger,
 		crash:  cfg.CrashAfterCharge,

@@ -247,6 +247,18 @@ func TestUnavailableIsNeverPoisoned(t *testing.T) {
 			}
 		})
 	}
+	// Answers that say the provider refuses everyone: our credentials or PAYMENT_URL are
+	// wrong, or it takes no requests. Once "permanent", they poisoned every order at once.
+	for _, code := range []int{401, 403, 404, 405, 407, 408} {
+		t.Run(fmt.Sprintf("provider answers %d", code), func(t *testing.T) {
+			f := newFixture(t, answer(code, "no"))
+			_, msg := f.order(t)
+			err := f.w.handle(msg)
+			if err == nil || shouldPoison(err) || !isProviderDown(err) {
+				t.Errorf("handle = %v, shouldPoison = %v; want a provider-down error, not poisoned", err, err != nil && shouldPoison(err))
+			}
+		})
+	}
 	t.Run("database down", func(t *testing.T) {
 		f := newFixture(t, answer(201, ""))
 		_, msg := f.order(t)

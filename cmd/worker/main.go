@@ -39,19 +39,21 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	debugAddr := env.String("DEBUG_ADDR", "")
 	adminAddr := env.String("ADMIN_ADDR", ":9103")
 	cfg := worker.Config{
-		Brokers:          kafkaconf.Brokers(env.String("KAFKA_BROKERS", "localhost:9092")),
-		TopicPrefix:      env.String("KAFKA_TOPIC_PREFIX", ""),
-		ConsumerGroup:    env.String("WORKER_GROUP", "worker"),
-		PaymentURL:       env.String("PAYMENT_URL", "http://localhost:8081"),
-		PaymentTimeout:   env.Duration("PAYMENT_TIMEOUT", 0),
-		MaxRetries:       env.Int("WORKER_MAX_RETRIES", 5, 0),
-		RetryInterval:    env.Duration("WORKER_RETRY_INTERVAL", 0),
-		RetryMaxInterval: env.Duration("WORKER_RETRY_MAX_INTERVAL", 0),
-		HandlerTimeout:   env.Duration("WORKER_HANDLER_TIMEOUT", 0),
-		MaxInFlight:      env.Int("WORKER_MAX_IN_FLIGHT", 256, 1),
-		MaxBufferedBytes: int64(env.Int("WORKER_MAX_BUFFERED_BYTES", 64<<20, 1)),
-		PaymentIdleConns: env.Int("WORKER_PAYMENT_IDLE_CONNS", 256, 1),
-		CrashAfterCharge: env.Float("WORKER_FAILPOINT_CRASH_AFTER_CHARGE", 0, 0, 1),
+		Brokers:              kafkaconf.Brokers(env.String("KAFKA_BROKERS", "localhost:9092")),
+		TopicPrefix:          env.String("KAFKA_TOPIC_PREFIX", ""),
+		ConsumerGroup:        env.String("WORKER_GROUP", "worker"),
+		PaymentURL:           env.String("PAYMENT_URL", "http://localhost:8081"),
+		PaymentTimeout:       env.Duration("PAYMENT_TIMEOUT", 0),
+		MaxRetries:           env.Int("WORKER_MAX_RETRIES", 5, 0),
+		RetryInterval:        env.Duration("WORKER_RETRY_INTERVAL", 0),
+		RetryMaxInterval:     env.Duration("WORKER_RETRY_MAX_INTERVAL", 0),
+		HandlerTimeout:       env.Duration("WORKER_HANDLER_TIMEOUT", 0),
+		UnavailableBudget:    env.Duration("WORKER_UNAVAILABLE_BUDGET", 0),
+		PaymentProbeInterval: env.Duration("PAYMENT_PROBE_INTERVAL", 0),
+		MaxInFlight:          env.Int("WORKER_MAX_IN_FLIGHT", 256, 1),
+		MaxBufferedBytes:     int64(env.Int("WORKER_MAX_BUFFERED_BYTES", 64<<20, 1)),
+		PaymentIdleConns:     env.Int("WORKER_PAYMENT_IDLE_CONNS", 256, 1),
+		CrashAfterCharge:     env.Float("WORKER_FAILPOINT_CRASH_AFTER_CHARGE", 0, 0, 1),
 	}
 	dbMaxConns := env.Int("WORKER_DB_MAX_CONNS", 16, 1)
 	logger := envconf.Logger(stdout, env.Level("LOG_LEVEL", 0), "worker")
