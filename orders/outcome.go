@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
@@ -146,4 +147,20 @@ func (s *Store) whyUnchanged(ctx context.Context, pc *pgx.Conn, id int64, handle
 	// PENDING and not in the inbox: the update must have changed it. Cannot happen;
 	// an error makes the worker try again rather than drop the message.
 	return fmt.Errorf("order %d: still PENDING but not updated", id)
+}
+
+// DeleteProcessedMessages removes up to limit inbox entries recorded before cutoff and
+// reports how many. Deleting one is safe at any age: an entry is written only with the
+// status change it records, so a redelivery of its message finds the order final and
+// changes nothing (the entry only spares the provider lookup). The worker keeps entries
+// for longer than a message can be redelivered, the topic's retention, so that the inbox
+// stays a complete record of what was processed.
+func (s *Store) DeleteProcessedMessages(ctx context.Context, cutoff time.Time, limit int) (int64, error) {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM processed_messages WHERE ctid = ANY (ARRAY(
+		SELECT ctid FROM processed_messages WHERE processed_at < $1
+		ORDER BY processed_at LIMIT $2 FOR UPDATE SKIP LOCKED))`, cutoff, limit)
+	if err != nil {
+		return 0, fmt.Errorf("delete processed messages: %w", err)
+	}
+	return res.RowsAffected()
 }

@@ -14,6 +14,7 @@ type metrics struct {
 	payments *prometheus.CounterVec
 	// providerRefusing is 1 while the payment provider refuses every request.
 	providerRefusing prometheus.Gauge
+	inboxPruned      prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -35,6 +36,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		payments: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "worker_payments_total", Help: "Payment outcomes recorded: approved or declined.",
 		}, []string{"outcome"}),
+		inboxPruned: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "worker_inbox_pruned_total", Help: "Inbox entries (processed_messages) deleted past WORKER_INBOX_RETENTION.",
+		}),
 		providerRefusing: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "worker_payment_provider_refusing",
 			Help: "1 while the payment provider refuses every request (401, 403, 404, 405, 407, 408): payments paused but for probes.",
@@ -51,7 +55,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m.payments.WithLabelValues("approved")
 	m.payments.WithLabelValues("declined")
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.messages, m.retries, m.poisoned, m.latency, m.payments, m.providerRefusing} {
+		for _, c := range []prometheus.Collector{m.messages, m.retries, m.poisoned, m.latency, m.payments, m.providerRefusing, m.inboxPruned} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

@@ -275,3 +275,24 @@ func gaugeValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Fatalf("no gauge %s", name)
 	return 0
 }
+
+// TestInboxIsPrunedPastItsRetention: the worker deletes inbox entries older than
+// InboxRetention and keeps the others. (processed_messages grew forever before.)
+func TestInboxIsPrunedPastItsRetention(t *testing.T) {
+	p := newPipeline(t, Config{InboxRetention: time.Hour, InboxPruneInterval: 50 * time.Millisecond}, newSim(t))
+	if _, err := p.db.Exec(`INSERT INTO processed_messages (handler, order_id, message_id, processed_at)
+		SELECT 'payment', i, 'old-' || i, now() - interval '2 hours' FROM generate_series(1, 12000) i`); err != nil {
+		t.Fatal(err)
+	}
+	sent := p.send(t, 2) // recorded now, through the worker
+	p.waitStatus(t, orders.StatusPaid, sent...)
+	testenv.Eventually(t, time.Minute, func() (bool, string) {
+		var old, recent int
+		p.db.QueryRow(`SELECT count(*) FILTER (WHERE processed_at < now() - interval '1 hour'),
+			count(*) FILTER (WHERE processed_at >= now() - interval '1 hour') FROM processed_messages`).Scan(&old, &recent)
+		return old == 0 && recent == 2, fmt.Sprintf("%d entries past the retention, %d recent; want 0 and 2", old, recent)
+	})
+	if got := p.poisonedCount(t); got != 0 {
+		t.Errorf("%v poisoned, want 0", got)
+	}
+}

@@ -59,6 +59,13 @@ type Config struct {
 	// outage, which no message gets through, holds messages however long it lasts.
 	// Default 10m.
 	UnavailableBudget time.Duration
+	// InboxRetention is how long inbox entries (processed_messages) are kept: longer
+	// than a message can be redelivered, i.e. the orders topic's retention. Default 8
+	// days (Kafka's default retention is 7).
+	InboxRetention time.Duration
+	// InboxPruneInterval is how often entries past InboxRetention are deleted. Default
+	// 10m.
+	InboxPruneInterval time.Duration
 	// PaymentProbeInterval is how often one payment is let through to the provider while
 	// it refuses every request (PaymentClient.ProbeInterval). Default 5s.
 	PaymentProbeInterval time.Duration
@@ -113,6 +120,12 @@ func (c *Config) setDefaults() {
 	if c.PaymentProbeInterval == 0 {
 		c.PaymentProbeInterval = 5 * time.Second
 	}
+	if c.InboxRetention == 0 {
+		c.InboxRetention = 8 * 24 * time.Hour
+	}
+	if c.InboxPruneInterval == 0 {
+		c.InboxPruneInterval = 10 * time.Minute
+	}
 	if c.MaxInFlight == 0 {
 		c.MaxInFlight = 256
 	}
@@ -129,7 +142,7 @@ func (c Config) Validate() error {
 	if len(c.Brokers) == 0 {
 		return errors.New("no Kafka brokers")
 	}
-	if c.UnavailableBudget < 0 || c.PaymentProbeInterval < 0 {
+	if c.UnavailableBudget < 0 || c.PaymentProbeInterval < 0 || c.InboxRetention < 0 || c.InboxPruneInterval < 0 {
 		return errors.New("durations must not be negative")
 	}
 	return nil
@@ -147,6 +160,7 @@ type Worker struct {
 	payments *PaymentClient
 	logger   *slog.Logger
 	crash    float64 // Config.CrashAfterCharge
+	inbox    struct{ retention, interval time.Duration }
 }
 
 // New returns a worker writing through store.
@@ -182,6 +196,7 @@ func New(store *orders.Store, cfg Config, logger *slog.Logger) (*Worker, error) 
 		logger: logger,
 		crash:  cfg.CrashAfterCharge,
 	}
+	w.inbox.retention, w.inbox.interval = cfg.InboxRetention, cfg.InboxPruneInterval
 
 	// Orders are handled concurrently within a partition, each order's events in order
 	// (the record key is the order id), offsets committed only below the oldest unfinished
@@ -224,12 +239,53 @@ func New(store *orders.Store, cfg Config, logger *slog.Logger) (*Worker, error) 
 	return w, nil
 }
 
-// Run processes messages until ctx is done.
+// Run processes messages, and deletes inbox entries past their retention, until ctx is
+// done.
 func (w *Worker) Run(ctx context.Context) error {
-	if err := w.router.Run(ctx); err != nil && ctx.Err() == nil {
+	pruneCtx, stopPruning := context.WithCancel(ctx)
+	pruned := make(chan struct{})
+	go func() {
+		defer close(pruned)
+		w.pruneInbox(pruneCtx)
+	}()
+	err := w.router.Run(ctx)
+	stopPruning()
+	<-pruned
+	if err != nil && ctx.Err() == nil {
 		return err
 	}
 	return nil
+}
+
+// pruneInbox deletes inbox entries older than the retention every interval, a batch at
+// a time, until ctx is done. Failures are logged: the next round tries again.
+func (w *Worker) pruneInbox(ctx context.Context) {
+	const batch = 5000
+	t := time.NewTicker(w.inbox.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		cutoff := time.Now().Add(-w.inbox.retention)
+		for {
+			n, err := w.store.DeleteProcessedMessages(ctx, cutoff, batch)
+			if err != nil {
+				if ctx.Err() == nil {
+					w.logger.Warn("prune inbox", "err", err)
+				}
+				break
+			}
+			if n > 0 {
+				w.metrics.inboxPruned.Add(float64(n))
+			}
+			if n < batch {
+				break
+			}
+		}
+	}
 }
 
 // Running is closed once the router consumes.

@@ -50,6 +50,8 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		HandlerTimeout:       env.Duration("WORKER_HANDLER_TIMEOUT", 0),
 		UnavailableBudget:    env.Duration("WORKER_UNAVAILABLE_BUDGET", 0),
 		PaymentProbeInterval: env.Duration("PAYMENT_PROBE_INTERVAL", 0),
+		InboxRetention:       env.Duration("WORKER_INBOX_RETENTION", 0),
+		InboxPruneInterval:   env.Duration("WORKER_INBOX_PRUNE_INTERVAL", 0),
 		MaxInFlight:          env.Int("WORKER_MAX_IN_FLIGHT", 256, 1),
 		MaxBufferedBytes:     int64(env.Int("WORKER_MAX_BUFFERED_BYTES", 64<<20, 1)),
 		PaymentIdleConns:     env.Int("WORKER_PAYMENT_IDLE_CONNS", 256, 1),

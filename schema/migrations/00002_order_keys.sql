@@ -17,8 +17,11 @@ ALTER TABLE processed_messages ADD COLUMN order_id bigint NOT NULL DEFAULT 0;
 ALTER TABLE processed_messages ALTER COLUMN order_id DROP DEFAULT;
 ALTER TABLE processed_messages DROP CONSTRAINT processed_messages_pkey,
     ADD PRIMARY KEY (handler, order_id, message_id);
+-- The worker deletes entries past WORKER_INBOX_RETENTION, oldest first.
+CREATE INDEX processed_messages_processed_at_idx ON processed_messages (processed_at);
 
 -- +goose Down
+DROP INDEX processed_messages_processed_at_idx;
 ALTER TABLE processed_messages DROP CONSTRAINT processed_messages_pkey;
 DELETE FROM processed_messages a USING processed_messages b
     WHERE a.handler = b.handler AND a.message_id = b.message_id AND a.order_id > b.order_id;
