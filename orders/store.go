@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
@@ -43,10 +42,7 @@ func scanOrder(row scanner) (Order, error) {
 		return Order{}, ErrNotFound
 	}
 	o.CreatedAt, o.UpdatedAt = o.CreatedAt.UTC(), o.UpdatedAt.UTC()
-	o.PaymentKey = "order-" + strconv.FormatInt(o.ID, 10) // an order from before payment keys
-	if key.Valid {
-		o.PaymentKey += "-" + key.String
-	}
+	o.PaymentKey = paymentKey(o.ID, key)
 	return o, err
 }
 

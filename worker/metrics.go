@@ -15,6 +15,7 @@ type metrics struct {
 	// providerRefusing is 1 while the payment provider refuses every request.
 	providerRefusing prometheus.Gauge
 	inboxPruned      prometheus.Counter
+	oldestPending    prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -39,6 +40,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		inboxPruned: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "worker_inbox_pruned_total", Help: "Inbox entries (processed_messages) deleted past WORKER_INBOX_RETENTION.",
 		}),
+		oldestPending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "worker_oldest_pending_seconds",
+			Help: "Age of the oldest PENDING order (0 when none is pending), measured every 15s; orderctl orders stuck says why.",
+		}),
 		providerRefusing: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "worker_payment_provider_refusing",
 			Help: "1 while the payment provider refuses every request (401, 403, 404, 405, 407, 408): payments paused but for probes.",
@@ -55,7 +60,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m.payments.WithLabelValues("approved")
 	m.payments.WithLabelValues("declined")
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.messages, m.retries, m.poisoned, m.latency, m.payments, m.providerRefusing, m.inboxPruned} {
+		for _, c := range []prometheus.Collector{m.messages, m.retries, m.poisoned, m.latency, m.payments, m.providerRefusing, m.inboxPruned, m.oldestPending} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

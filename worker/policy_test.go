@@ -296,3 +296,25 @@ func TestInboxIsPrunedPastItsRetention(t *testing.T) {
 		t.Errorf("%v poisoned, want 0", got)
 	}
 }
+
+// TestOldestPendingAge: the worker measures how long the oldest PENDING order has
+// waited, what the stuck-orders alert watches, and 0 once none is pending.
+func TestOldestPendingAge(t *testing.T) {
+	p := newPipeline(t, Config{PendingAgeInterval: 20 * time.Millisecond}, newSim(t))
+	o, _ := p.order(t) // never sent: it stays PENDING
+	if _, err := p.db.Exec(`UPDATE orders SET created_at = now() - interval '1 hour' WHERE id = $1`, o.ID); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, time.Minute, func() (bool, string) {
+		age := gaugeValue(t, p.reg, "worker_oldest_pending_seconds")
+		return age >= 3600 && age < 3700, fmt.Sprintf("oldest pending %vs, want an hour", age)
+	})
+	p.waitStatus(t, orders.StatusPaid, p.send(t, 1)...)
+	if _, err := p.db.Exec(`UPDATE orders SET status = 'PAID' WHERE id = $1`, o.ID); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, time.Minute, func() (bool, string) {
+		age := gaugeValue(t, p.reg, "worker_oldest_pending_seconds")
+		return age == 0, fmt.Sprintf("oldest pending %vs with none pending, want 0", age)
+	})
+}

@@ -66,6 +66,9 @@ type Config struct {
 	// InboxPruneInterval is how often entries past InboxRetention are deleted. Default
 	// 10m.
 	InboxPruneInterval time.Duration
+	// PendingAgeInterval is how often the age of the oldest PENDING order
+	// (worker_oldest_pending_seconds) is measured. Default 15s.
+	PendingAgeInterval time.Duration
 	// PaymentProbeInterval is how often one payment is let through to the provider while
 	// it refuses every request (PaymentClient.ProbeInterval). Default 5s.
 	PaymentProbeInterval time.Duration
@@ -126,6 +129,9 @@ func (c *Config) setDefaults() {
 	if c.InboxPruneInterval == 0 {
 		c.InboxPruneInterval = 10 * time.Minute
 	}
+	if c.PendingAgeInterval == 0 {
+		c.PendingAgeInterval = 15 * time.Second
+	}
 	if c.MaxInFlight == 0 {
 		c.MaxInFlight = 256
 	}
@@ -142,7 +148,7 @@ func (c Config) Validate() error {
 	if len(c.Brokers) == 0 {
 		return errors.New("no Kafka brokers")
 	}
-	if c.UnavailableBudget < 0 || c.PaymentProbeInterval < 0 || c.InboxRetention < 0 || c.InboxPruneInterval < 0 {
+	if c.UnavailableBudget < 0 || c.PaymentProbeInterval < 0 || c.InboxRetention < 0 || c.InboxPruneInterval < 0 || c.PendingAgeInterval < 0 {
 		return errors.New("durations must not be negative")
 	}
 	return nil
@@ -161,6 +167,7 @@ type Worker struct {
 	logger   *slog.Logger
 	crash    float64 // Config.CrashAfterCharge
 	inbox    struct{ retention, interval time.Duration }
+	ageEvery time.Duration // Config.PendingAgeInterval
 }
 
 // New returns a worker writing through store.
@@ -196,7 +203,7 @@ func New(store *orders.Store, cfg Config, logger *slog.Logger) (*Worker, error) 
 		logger: logger,
 		crash:  cfg.CrashAfterCharge,
 	}
-	w.inbox.retention, w.inbox.interval = cfg.InboxRetention, cfg.InboxPruneInterval
+	w.inbox.retention, w.inbox.interval, w.ageEvery = cfg.InboxRetention, cfg.InboxPruneInterval, cfg.PendingAgeInterval
 
 	// Orders are handled concurrently within a partition, each order's events in order
 	// (the record key is the order id), offsets committed only below the oldest unfinished
@@ -239,51 +246,67 @@ func New(store *orders.Store, cfg Config, logger *slog.Logger) (*Worker, error) 
 	return w, nil
 }
 
-// Run processes messages, and deletes inbox entries past their retention, until ctx is
-// done.
+// Run processes messages, deletes inbox entries past their retention and measures the
+// oldest PENDING order's age, until ctx is done.
 func (w *Worker) Run(ctx context.Context) error {
-	pruneCtx, stopPruning := context.WithCancel(ctx)
-	pruned := make(chan struct{})
+	maintainCtx, stop := context.WithCancel(ctx)
+	maintained := make(chan struct{})
 	go func() {
-		defer close(pruned)
-		w.pruneInbox(pruneCtx)
+		defer close(maintained)
+		w.maintain(maintainCtx)
 	}()
 	err := w.router.Run(ctx)
-	stopPruning()
-	<-pruned
+	stop()
+	<-maintained
 	if err != nil && ctx.Err() == nil {
 		return err
 	}
 	return nil
 }
 
-// pruneInbox deletes inbox entries older than the retention every interval, a batch at
-// a time, until ctx is done. Failures are logged: the next round tries again.
-func (w *Worker) pruneInbox(ctx context.Context) {
-	const batch = 5000
-	t := time.NewTicker(w.inbox.interval)
-	defer t.Stop()
+// maintain deletes inbox entries past their retention and measures the oldest PENDING
+// order's age, each on its own interval, until ctx is done. Failures are logged: the
+// next round tries again.
+func (w *Worker) maintain(ctx context.Context) {
+	prune := time.NewTicker(w.inbox.interval)
+	defer prune.Stop()
+	age := time.NewTicker(w.ageEvery)
+	defer age.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-prune.C:
+			w.pruneInbox(ctx)
+		case <-age.C:
+			oldest, err := w.store.OldestPending(ctx)
+			switch {
+			case err != nil && ctx.Err() == nil:
+				w.logger.Warn("measure the oldest pending order", "err", err)
+			case err == nil && oldest.IsZero():
+				w.metrics.oldestPending.Set(0)
+			case err == nil:
+				w.metrics.oldestPending.Set(max(time.Since(oldest).Seconds(), 0))
+			}
 		}
-		cutoff := time.Now().Add(-w.inbox.retention)
-		for {
-			n, err := w.store.DeleteProcessedMessages(ctx, cutoff, batch)
-			if err != nil {
-				if ctx.Err() == nil {
-					w.logger.Warn("prune inbox", "err", err)
-				}
-				break
+	}
+}
+
+// pruneInbox deletes inbox entries older than the retention, a batch at a time.
+func (w *Worker) pruneInbox(ctx context.Context) {
+	const batch = 5000
+	cutoff := time.Now().Add(-w.inbox.retention)
+	for {
+		n, err := w.store.DeleteProcessedMessages(ctx, cutoff, batch)
+		if err != nil {
+			if ctx.Err() == nil {
+				w.logger.Warn("prune inbox", "err", err)
 			}
-			if n > 0 {
-				w.metrics.inboxPruned.Add(float64(n))
-			}
-			if n < batch {
-				break
-			}
+			return
+		}
+		w.metrics.inboxPruned.Add(float64(n))
+		if n < batch {
+			return
 		}
 	}
 }
