@@ -9,16 +9,19 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/IBM/sarama"
+	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 
 	"github.com/orderpipe/orderpipe/events"
 	"github.com/orderpipe/orderpipe/internal/postgres"
@@ -638,4 +641,81 @@ func TestChaosZombies(t *testing.T) {
 	tr.wait()
 	t.Logf("frozen %s; the standby relay was leader at the end of it: %v", frozen, leader == 1)
 	p.check(t, tr, &faults, pr, checkOptions{})
+}
+
+// Scenario 12: the payment provider refuses every request (401: rotated credentials)
+// for a while, and answers 503 forever to one order in fifty (amount .62). Nothing is
+// poisoned for the refusal (payments pause, probing, and resume), and exactly the .62
+// orders are poisoned, once their unavailability budget is spent while the others are
+// paid.
+func TestChaosProviderRefusesEveryone(t *testing.T) {
+	p := startPipeline(t, options{env: []string{"LOG_LEVEL=info"},
+		workerEnv: append([]string{"WORKER_UNAVAILABLE_BUDGET=1s", "PAYMENT_PROBE_INTERVAL=500ms"}, fastRetries...)})
+	pr := watchProgress(t, p.openDB(t))
+	tr := startTraffic(p, trafficSpec{clients: 4, orders: 1_000_000, pause: 40 * time.Millisecond, readers: 1,
+		amount: func(i int) string {
+			if i%50 == 7 {
+				return "20.62"
+			}
+			return someDeclines(i)
+		}})
+	var faults faultLog
+	worker := p.workers[0]
+	paid := func() float64 { return metricSum(t, worker, "worker_payments_total") }
+	testenv.Eventually(t, time.Minute, func() (bool, string) {
+		return paid() >= 20, fmt.Sprintf("%v payments recorded; want 20 before the fault", paid())
+	})
+	base := p.paymentsim.env
+	p.paymentsim.stop()
+	p.paymentsim = startDaemon(t, "paymentsim", append(slices.Clone(base), "PAYMENTSIM_REFUSE_WITH=401"), p.paymentsim.healthURL)
+	testenv.Eventually(t, time.Minute, func() (bool, string) {
+		v := metricSum(t, worker, "worker_payment_provider_refusing")
+		return v == 1, fmt.Sprintf("worker_payment_provider_refusing = %v; want 1 while the provider answers 401", v)
+	})
+	created := func() int {
+		tr.mu.Lock()
+		defer tr.mu.Unlock()
+		return len(tr.ids)
+	}
+	// The fault lasts while this many orders are created (about 1 s, or 20 at full size).
+	during, from := size(100, 2000), created()
+	testenv.Eventually(t, 5*time.Minute, func() (bool, string) {
+		return created() >= from+during, fmt.Sprintf("%d orders created while the provider refuses; want %d", created()-from, during)
+	})
+	p.paymentsim.stop()
+	p.paymentsim = startDaemon(t, "paymentsim", base, p.paymentsim.healthURL)
+	faults.ended()
+	before := paid()
+	testenv.Eventually(t, time.Minute, func() (bool, string) {
+		v := metricSum(t, worker, "worker_payment_provider_refusing")
+		return v == 0 && paid() > before+20, fmt.Sprintf("refusing = %v, %v payments since the provider came back; want 0 and 20", v, paid()-before)
+	})
+	tr.stop()
+	tr.wait()
+	answersOnly(t, tr, nil)
+	r := p.check(t, tr, &faults, pr, checkOptions{})
+
+	// Exactly the .62 orders are poisoned, each for its spent budget.
+	want := map[int64]bool{}
+	tr.mu.Lock()
+	for _, req := range tr.reqs {
+		if a, ok := req.final(); ok && a.status == http.StatusCreated && strings.Contains(req.body, `"amount":20.62`) {
+			var o order
+			if json.Unmarshal(a.body, &o) == nil {
+				want[o.ID] = true
+			}
+		}
+	}
+	tr.mu.Unlock()
+	got := map[int64]bool{}
+	for _, m := range r.state.kafka[events.TopicOrdersPoison] {
+		id, _ := strconv.ParseInt(string(m.Key), 10, 64)
+		got[id] = true
+		if reason := testenv.Header(m, middleware.ReasonForPoisonedKey); !strings.Contains(reason, "unavailable for") {
+			t.Errorf("order %d poisoned for %q, want its spent unavailability budget", id, reason)
+		}
+	}
+	if len(want) == 0 || !maps.Equal(got, want) {
+		t.Errorf("poisoned orders %v, want exactly the .62 orders %v", slices.Sorted(maps.Keys(got)), slices.Sorted(maps.Keys(want)))
+	}
 }

@@ -120,6 +120,10 @@ type Config struct {
 	Latency time.Duration
 	// LatencyJitter adds a further uniform 0..LatencyJitter to every POST.
 	LatencyJitter time.Duration
+	// RefuseWith, when not 0, is the status (400 to 599) every POST /payments is
+	// answered with before anything else is looked at: a provider rejecting the
+	// caller's credentials (401) or a wrong URL (404), for fault tests.
+	RefuseWith int
 	// Seed seeds the random behaviours. 0 picks one from the clock (New logs it).
 	Seed int64
 	// TracerProvider starts a server span per request, continuing the caller's
@@ -157,6 +161,9 @@ func (c Config) Validate() error {
 		if f.d < 0 {
 			errs = append(errs, fmt.Errorf("%s = %s: want a duration >= 0", f.name, f.d))
 		}
+	}
+	if c.RefuseWith != 0 && (c.RefuseWith < 400 || c.RefuseWith > 599) {
+		errs = append(errs, fmt.Errorf("RefuseWith = %d: want 0 or an error status from 400 to 599", c.RefuseWith))
 	}
 	return errors.Join(errs...)
 }
@@ -273,6 +280,10 @@ type outcome struct {
 }
 
 func (s *Server) charge(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.RefuseWith != 0 {
+		http.Error(w, "refused: the simulator answers every request with "+strconv.Itoa(s.cfg.RefuseWith), s.cfg.RefuseWith)
+		return
+	}
 	key := r.Header.Get("Idempotency-Key")
 	if key == "" {
 		http.Error(w, "Idempotency-Key header is required", http.StatusBadRequest)

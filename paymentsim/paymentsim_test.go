@@ -391,6 +391,20 @@ func TestRoutes(t *testing.T) {
 	}
 }
 
+// TestRefuseWith: a simulator set to refuse answers every charge with that status and
+// charges nothing, as a provider rejecting rotated credentials would.
+func TestRefuseWith(t *testing.T) {
+	s := newServer(t, Config{RefuseWith: http.StatusUnauthorized})
+	if a := post(t, s, "k1", body(1, 2000)); a.code != http.StatusUnauthorized {
+		t.Errorf("POST = %d, want 401", a.code)
+	}
+	rec := httptest.NewRecorder()
+	s.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/payments?orderId=1", nil))
+	if got := strings.TrimSpace(rec.Body.String()); got != "[]" {
+		t.Errorf("ledger = %s, want nothing charged", got)
+	}
+}
+
 func TestNewRejectsBadConfig(t *testing.T) {
 	tests := []struct {
 		name string
@@ -402,6 +416,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{"negative latency", Config{Latency: -time.Millisecond}, "Latency"},
 		{"negative jitter", Config{LatencyJitter: -time.Millisecond}, "LatencyJitter"},
 		{"negative slow delay", Config{SlowDelay: -time.Millisecond}, "SlowDelay"},
+		{"refusal that is not an error status", Config{RefuseWith: 200}, "RefuseWith"},
 		{"ledger in a missing directory", Config{LedgerPath: t.TempDir() + "/missing/ledger.jsonl"}, "ledger"},
 	}
 	for _, tt := range tests {

@@ -41,6 +41,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		Latency:       optionalDuration(env, getenv, "PAYMENTSIM_LATENCY"),
 		LatencyJitter: optionalDuration(env, getenv, "PAYMENTSIM_LATENCY_JITTER"),
 		Seed:          int64(env.Int("PAYMENTSIM_SEED", 0, 0)),
+		RefuseWith:    env.Int("PAYMENTSIM_REFUSE_WITH", 0, 0),
 	}
 	if err := env.Err(); err != nil {
 		return fmt.Errorf("config: %w", err)
