@@ -34,6 +34,12 @@ func Brokers(s string) []string {
 	return out
 }
 
+// MaxMessageBytes is the largest record the producer sends (Sarama's
+// Producer.MaxMessageBytes, its default written out): a record larger than this is
+// refused before it leaves the process. The brokers' default limit (message.max.bytes,
+// 1048588) is just above it.
+const MaxMessageBytes = 1 << 20
+
 // Producer returns the configuration for a synchronous, idempotent producer: every
 // message is acknowledged by all in-sync replicas, and retries cannot reorder or
 // duplicate within a partition.
@@ -47,6 +53,7 @@ func Producer(clientID string) *sarama.Config {
 	c.Producer.Return.Successes = true
 	c.Producer.Return.Errors = true
 	c.Producer.Partitioner = sarama.NewHashPartitioner
+	c.Producer.MaxMessageBytes = MaxMessageBytes
 	return c
 }
 
@@ -79,13 +86,59 @@ var Marshaler = kafka.NewWithPartitioningMarshaler(func(_ string, msg *message.M
 	return msg.Metadata.Get(events.MetaSubject), nil
 })
 
+// MetaRecordKey is the metadata in which RecordKeyMarshaler keeps the key of the record a
+// message was read from. It is absent when the record had no key. It never goes on the
+// wire as a header: RecordKeyMarshaler writes it as the key (and an incoming header of
+// that name is replaced by the record's key).
+const MetaRecordKey = "kafka_record_key"
+
+// RecordKeyMarshaler reads records as watermill-kafka's DefaultMarshaler does and also
+// keeps each record's key (MetaRecordKey); it writes a message keyed by that key, and
+// without a key when the record had none. The worker reads with it and poisons with it,
+// so that a poisoned message keeps its record's key whatever its ce_subject says
+// (a foreign producer's key, or none), and a replay restores the record as it was.
+var RecordKeyMarshaler kafka.MarshalerUnmarshaler = recordKeyMarshaler{}
+
+type recordKeyMarshaler struct{ kafka.DefaultMarshaler }
+
+func (m recordKeyMarshaler) Unmarshal(rec *sarama.ConsumerMessage) (*message.Message, error) {
+	msg, err := m.DefaultMarshaler.Unmarshal(rec)
+	if err != nil {
+		return nil, err
+	}
+	delete(msg.Metadata, MetaRecordKey)
+	if rec.Key != nil {
+		msg.Metadata.Set(MetaRecordKey, string(rec.Key))
+	}
+	return msg, nil
+}
+
+func (m recordKeyMarshaler) Marshal(topic string, msg *message.Message) (*sarama.ProducerMessage, error) {
+	pm, err := m.DefaultMarshaler.Marshal(topic, msg)
+	if err != nil {
+		return nil, err
+	}
+	headers := pm.Headers[:0]
+	for _, h := range pm.Headers {
+		if string(h.Key) != MetaRecordKey {
+			headers = append(headers, h)
+		}
+	}
+	pm.Headers = headers
+	if key, ok := msg.Metadata[MetaRecordKey]; ok {
+		pm.Key = sarama.ByteEncoder(key)
+	}
+	return pm, nil
+}
+
 // NewPublisher returns a Watermill publisher with the Producer configuration and the
-// Marshaler above. It sends one message at a time and waits for each ack: fine for rare
-// messages (the poison queue); the relay batches instead.
-func NewPublisher(brokers []string, clientID string, logger watermill.LoggerAdapter) (*kafka.Publisher, error) {
+// given marshaler (Marshaler, or RecordKeyMarshaler for messages read from Kafka). It
+// sends one message at a time and waits for each ack: fine for rare messages (the poison
+// queue); the relay batches instead.
+func NewPublisher(brokers []string, clientID string, marshaler kafka.Marshaler, logger watermill.LoggerAdapter) (*kafka.Publisher, error) {
 	pub, err := kafka.NewPublisher(kafka.PublisherConfig{
 		Brokers:               brokers,
-		Marshaler:             Marshaler,
+		Marshaler:             marshaler,
 		OverwriteSaramaConfig: Producer(clientID),
 	}, logger)
 	if err != nil {

@@ -79,7 +79,7 @@ func newPipeline(t *testing.T, cfg Config, provider http.Handler) *pipeline {
 // send creates n orders and publishes their OrderCreated events, keyed by order id.
 func (p *pipeline) send(t *testing.T, n int) []orders.Order {
 	t.Helper()
-	pub, err := kafkaconf.NewPublisher(testenv.Brokers(), "worker-test", watermill.NopLogger{})
+	pub, err := kafkaconf.NewPublisher(testenv.Brokers(), "worker-test", kafkaconf.Marshaler, watermill.NopLogger{})
 	if err != nil {
 		t.Fatal(err)
 	}

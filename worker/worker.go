@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
-	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	wmetrics "github.com/ThreeDotsLabs/watermill/components/metrics"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
@@ -212,7 +211,7 @@ func New(store *orders.Store, cfg Config, logger *slog.Logger) (*Worker, error) 
 		Brokers:          cfg.Brokers,
 		ConsumerGroup:    cfg.ConsumerGroup,
 		Sarama:           kafkaconf.Consumer("orderpipe-worker"),
-		Unmarshaler:      kafka.DefaultMarshaler{},
+		Unmarshaler:      kafkaconf.RecordKeyMarshaler, // a poisoned copy keeps the record's key
 		MaxInFlight:      cfg.MaxInFlight,
 		MaxBufferedBytes: cfg.MaxBufferedBytes,
 		// A nacked message (a dependency is down) is redelivered after this pause.
@@ -223,11 +222,12 @@ func New(store *orders.Store, cfg Config, logger *slog.Logger) (*Worker, error) 
 	if err != nil {
 		return nil, fmt.Errorf("kafka subscriber: %w", err)
 	}
-	poisonPub, err := kafkaconf.NewPublisher(cfg.Brokers, "orderpipe-worker", wlog)
+	poisonPub, err := kafkaconf.NewPublisher(cfg.Brokers, "orderpipe-worker", kafkaconf.RecordKeyMarshaler, wlog)
 	if err != nil {
 		return nil, err
 	}
-	poison, err := middleware.PoisonQueueWithFilter(countingPublisher{poisonPub, m},
+	poisonOut := sizeBoundPublisher{Publisher: poisonPub, marshaler: kafkaconf.RecordKeyMarshaler, maxBytes: kafkaconf.MaxMessageBytes}
+	poison, err := middleware.PoisonQueueWithFilter(countingPublisher{poisonOut, m},
 		cfg.TopicPrefix+events.TopicOrdersPoison, shouldPoison)
 	if err != nil {
 		return nil, err

@@ -17,6 +17,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"golang.org/x/term"
 
@@ -139,6 +140,10 @@ type poisonCmd struct {
 	// afterAck, when set, runs after Kafka acknowledged a replayed message and before the
 	// journal records it; an error stops the replay there, as a crash would.
 	afterAck func(source string) error
+	// wrapPartition, when set, wraps every partition consumer a read opens (poisonKafka.wrap).
+	wrapPartition func(sarama.PartitionConsumer) sarama.PartitionConsumer
+	// stallTimeout overrides poisonStallTimeout.
+	stallTimeout time.Duration
 }
 
 // runPoison is `orderctl poison`; args follow the word "poison".
@@ -382,8 +387,8 @@ func poisonMatchAny(ids []string, key, subject string) bool {
 }
 
 // readAllPoison connects, reads the poison topic and disconnects.
-func readAllPoison(ctx context.Context, cfg poisonConfig) ([]poisonRecord, error) {
-	client, err := poisonConnect(cfg)
+func (c *poisonCmd) readAllPoison(ctx context.Context, cfg poisonConfig) ([]poisonRecord, error) {
+	client, err := c.connect(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -432,7 +437,7 @@ func summarizePoison(r poisonRecord) poisonSummary {
 }
 
 func (c *poisonCmd) list(ctx context.Context, cfg poisonConfig, sel poisonSelection, asJSON bool) error {
-	recs, err := readAllPoison(ctx, cfg)
+	recs, err := c.readAllPoison(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -472,7 +477,7 @@ type poisonShown struct {
 }
 
 func (c *poisonCmd) show(ctx context.Context, cfg poisonConfig, pos poisonPos, asJSON bool) error {
-	client, err := poisonConnect(cfg)
+	client, err := c.connect(cfg)
 	if err != nil {
 		return err
 	}
@@ -567,7 +572,7 @@ type poisonStatistics struct {
 }
 
 func (c *poisonCmd) stats(ctx context.Context, cfg poisonConfig, sel poisonSelection, asJSON bool) error {
-	recs, err := readAllPoison(ctx, cfg)
+	recs, err := c.readAllPoison(ctx, cfg)
 	if err != nil {
 		return err
 	}

@@ -63,15 +63,45 @@ func replayJournalKey(source string, poisonedAt time.Time) string {
 	return source + "@" + strconv.FormatInt(poisonedAt.UnixMilli(), 10)
 }
 
+// syncDir makes the entries of directory dir durable (syncDirectory); a var so that a test
+// sees the calls.
+var syncDir = syncDirectory
+
+// missingDirs returns dir and those of its ancestors that do not exist, innermost first.
+func missingDirs(dir string) []string {
+	var out []string
+	for d := dir; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(d); !errors.Is(err, fs.ErrNotExist) {
+			return out
+		}
+		out = append(out, d)
+		if filepath.Dir(d) == d {
+			return out
+		}
+	}
+}
+
+// parents returns the parent directory of each of dirs: where their entries are.
+func parents(dirs []string) []string {
+	out := make([]string, 0, len(dirs))
+	for _, d := range dirs {
+		out = append(out, filepath.Dir(d))
+	}
+	return out
+}
+
 // openReplayJournal reads the journal at path; with write it creates it (and its directory),
-// locks it against a concurrent replay and keeps it open for record. A torn last line,
+// syncs the directories that hold the new names, locks it against a concurrent replay and
+// keeps it open for record. A torn last line,
 // from a run killed while writing it, is dropped: its message is then decided again from
 // the line before (or as new), which is safe. Any other unreadable line is an error.
 func openReplayJournal(path string, write bool) (*replayJournal, error) {
 	j := &replayJournal{path: path, replays: map[string]*replayJournalEntry{}, pending: map[string]*replayJournalEntry{}}
 	var data []byte
 	if write {
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		dir := filepath.Dir(path)
+		made := missingDirs(dir)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, fmt.Errorf("journal: %w", err)
 		}
 		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o644)
@@ -83,6 +113,15 @@ func openReplayJournal(path string, write bool) (*replayJournal, error) {
 			return nil, fmt.Errorf("journal %s: %w", path, err)
 		}
 		j.f = f
+		// The file may be new: make its name durable, and the names of the directories
+		// made for it, before anything is published on the journal's word. Syncing an
+		// existing journal's directory again costs one fsync per run.
+		for _, d := range append([]string{dir}, parents(made)...) {
+			if err := syncDir(d); err != nil {
+				j.close()
+				return nil, fmt.Errorf("journal %s: sync directory %s: %w", path, d, err)
+			}
+		}
 		if data, err = io.ReadAll(f); err != nil {
 			j.close()
 			return nil, fmt.Errorf("read journal %s: %w", path, err)

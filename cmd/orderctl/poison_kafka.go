@@ -83,6 +83,30 @@ func poisonConnect(cfg poisonConfig) (sarama.Client, error) {
 	return client, nil
 }
 
+// poisonKafka is a connection of `orderctl poison`: the client, and the seam through which
+// tests reach the partition consumers its reads open.
+type poisonKafka struct {
+	sarama.Client
+	// wrap, when set, wraps every partition consumer a read opens (a test's stalling
+	// fetch); nil in production.
+	wrap func(sarama.PartitionConsumer) sarama.PartitionConsumer
+	// stall is how long a read waits for a record the broker holds below the end.
+	stall time.Duration
+}
+
+// connect is poisonConnect with the command's seams.
+func (c *poisonCmd) connect(cfg poisonConfig) (poisonKafka, error) {
+	client, err := poisonConnect(cfg)
+	if err != nil {
+		return poisonKafka{}, err
+	}
+	k := poisonKafka{Client: client, wrap: c.wrapPartition, stall: c.stallTimeout}
+	if k.stall == 0 {
+		k.stall = poisonStallTimeout
+	}
+	return k, nil
+}
+
 // errPoisonNoTopic: the topic does not exist (or its name is not a valid topic name).
 var errPoisonNoTopic = errors.New("topic does not exist")
 
@@ -116,7 +140,7 @@ func poisonOffsets(client sarama.Client, topic string, parts []int32, which int6
 // readPoison returns every record of the poison topic from the oldest to the high-water
 // marks at the time of the call, in partition and offset order. It reads without a
 // consumer group, so it commits nothing.
-func readPoison(ctx context.Context, client sarama.Client, topic string) ([]poisonRecord, error) {
+func readPoison(ctx context.Context, client poisonKafka, topic string) ([]poisonRecord, error) {
 	parts, err := poisonPartitions(client, topic)
 	if errors.Is(err, errPoisonNoTopic) {
 		return nil, fmt.Errorf("poison topic %s does not exist: nothing was poisoned yet, or KAFKA_TOPIC_PREFIX is wrong", topic)
@@ -141,7 +165,7 @@ func readPoison(ctx context.Context, client sarama.Client, topic string) ([]pois
 }
 
 // readPoisonAt returns the record at pos of the poison topic.
-func readPoisonAt(ctx context.Context, client sarama.Client, topic string, pos poisonPos) (poisonRecord, error) {
+func readPoisonAt(ctx context.Context, client poisonKafka, topic string, pos poisonPos) (poisonRecord, error) {
 	parts, err := poisonPartitions(client, topic)
 	if errors.Is(err, errPoisonNoTopic) {
 		return poisonRecord{}, fmt.Errorf("poison topic %s does not exist: nothing was poisoned yet, or KAFKA_TOPIC_PREFIX is wrong", topic)
@@ -186,9 +210,9 @@ func readPoisonAt(ctx context.Context, client sarama.Client, topic string, pos p
 
 // poisonScan calls fn for the records of topic from from[p] up to, not including, to[p], one
 // partition after the other, until fn returns false.
-func poisonScan(ctx context.Context, client sarama.Client, topic string, from, to map[int32]int64,
+func poisonScan(ctx context.Context, client poisonKafka, topic string, from, to map[int32]int64,
 	fn func(*sarama.ConsumerMessage) bool) error {
-	consumer, err := sarama.NewConsumerFromClient(client)
+	consumer, err := sarama.NewConsumerFromClient(client.Client)
 	if err != nil {
 		return fmt.Errorf("kafka consumer: %w", err)
 	}
@@ -199,7 +223,7 @@ func poisonScan(ctx context.Context, client sarama.Client, topic string, from, t
 	}
 	slices.Sort(parts)
 	for _, p := range parts {
-		more, err := poisonScanPartition(ctx, consumer, topic, p, from[p], to[p], fn)
+		more, err := poisonScanPartition(ctx, client, consumer, topic, p, from[p], to[p], fn)
 		if err != nil || !more {
 			return err
 		}
@@ -207,11 +231,21 @@ func poisonScan(ctx context.Context, client sarama.Client, topic string, from, t
 	return nil
 }
 
-// poisonIdleCheck is how often poisonScanPartition checks whether a partition that stopped
-// delivering has nothing more below its end.
+// poisonIdleCheck is how often a read whose partition consumer delivers nothing asks the
+// broker whether the offsets left below the end hold any record.
 const poisonIdleCheck = time.Second
 
-func poisonScanPartition(ctx context.Context, consumer sarama.Consumer, topic string, p int32, from, to int64,
+// poisonStallTimeout is how long a read waits for a record the broker holds below the
+// end before it gives up with an error (poisonKafka.stall, unless a test sets it).
+const poisonStallTimeout = 30 * time.Second
+
+// poisonScanPartition calls fn for the records of partition p from offset from up to the
+// end to, taken when the command started. It ends when a record at or past to-1 was
+// delivered, or when the broker shows that the offsets left below to hold no record
+// (transaction markers, records removed by compaction): never because a fetch paused.
+// Sarama does not expose its consumer's fetch position, and its high-water mark is
+// set before the first fetch, so neither can tell that the end was reached.
+func poisonScanPartition(ctx context.Context, client poisonKafka, consumer sarama.Consumer, topic string, p int32, from, to int64,
 	fn func(*sarama.ConsumerMessage) bool) (bool, error) {
 	if from >= to {
 		return true, nil
@@ -220,35 +254,100 @@ func poisonScanPartition(ctx context.Context, consumer sarama.Consumer, topic st
 	if err != nil {
 		return false, fmt.Errorf("read %s/%d from offset %d: %w", topic, p, from, err)
 	}
+	if client.wrap != nil {
+		pc = client.wrap(pc)
+	}
 	defer pc.Close()
 	tick := time.NewTicker(poisonIdleCheck)
 	defer tick.Stop()
-	received := false
+	next := from // the offset after the last record delivered
+	progressed := time.Now()
 	for {
 		select {
-		case m := <-pc.Messages():
-			received = true
+		case m, ok := <-pc.Messages():
+			if !ok {
+				return false, fmt.Errorf("read %s/%d: the consumer closed at offset %d, before the end %d", topic, p, next, to)
+			}
 			if m.Offset >= to {
 				return true, nil
 			}
+			next, progressed = m.Offset+1, time.Now()
 			if !fn(m) {
 				return false, nil
 			}
-			if m.Offset+1 >= to {
+			if next >= to {
 				return true, nil
 			}
 		case err := <-pc.Errors():
-			return false, fmt.Errorf("read %s/%d: %w", topic, p, err)
+			return false, fmt.Errorf("read %s/%d at offset %d (end %d): %w", topic, p, next, to, err)
 		case <-tick.C:
-			// The offsets left below the end hold no records (transaction markers, or
-			// records removed by compaction): the broker has answered up to its
-			// high-water mark and delivered nothing for a while.
-			if !received && pc.HighWaterMarkOffset() >= to {
+			more, probeErr := poisonHasRecords(client.Client, topic, p, next, to)
+			if probeErr == nil && !more {
 				return true, nil
 			}
-			received = false
+			if time.Since(progressed) >= client.stall {
+				why := "the broker holds records below the end"
+				if probeErr != nil {
+					why = "asking the broker what is left failed: " + probeErr.Error()
+				}
+				return false, fmt.Errorf("read %s/%d: no record for %s at offset %d, before the end %d (%s); try again",
+					topic, p, client.stall, next, to, why)
+			}
 		case <-ctx.Done():
-			return false, ctx.Err()
+			return false, fmt.Errorf("read %s/%d: stopped at offset %d, before the end %d: %w", topic, p, next, to, ctx.Err())
 		}
 	}
+}
+
+// poisonHasRecords asks the partition's leader whether offsets from to to-1 hold a record
+// a consumer is given (one that is not a transaction marker). It fetches directly, so
+// that it sees the batches and their offsets, which Sarama's consumer hides.
+func poisonHasRecords(client sarama.Client, topic string, p int32, from, to int64) (bool, error) {
+	for from < to {
+		leader, err := client.Leader(topic, p)
+		if err != nil {
+			return false, err
+		}
+		req := &sarama.FetchRequest{Version: 11, MinBytes: 1, MaxWaitTime: 0, MaxBytes: 1 << 20,
+			Isolation: sarama.ReadUncommitted, SessionID: 0, SessionEpoch: -1}
+		req.AddBlock(topic, p, from, 1<<20, -1)
+		resp, err := leader.Fetch(req)
+		if err != nil {
+			return false, err
+		}
+		block := resp.GetBlock(topic, p)
+		switch {
+		case block == nil:
+			return false, fmt.Errorf("fetch %s/%d: no answer for the partition", topic, p)
+		case !errors.Is(block.Err, sarama.ErrNoError):
+			if errors.Is(block.Err, sarama.ErrNotLeaderForPartition) {
+				client.RefreshMetadata(topic)
+			}
+			return false, fmt.Errorf("fetch %s/%d at offset %d: %w", topic, p, from, block.Err)
+		}
+		advanced := false
+		for _, rs := range block.RecordsSet {
+			b := rs.RecordBatch
+			if b == nil {
+				return false, fmt.Errorf("fetch %s/%d: a message set in the v0/v1 format, not supported", topic, p)
+			}
+			if b.LastOffset() < from {
+				continue
+			}
+			if !b.Control {
+				for _, r := range b.Records {
+					if o := b.FirstOffset + r.OffsetDelta; o >= from && o < to {
+						return true, nil
+					}
+				}
+			}
+			from, advanced = b.LastOffset()+1, true
+		}
+		if !advanced {
+			// Nothing at or after from although it is below the end the broker gave: an
+			// answer we cannot read as "nothing left".
+			return false, fmt.Errorf("fetch %s/%d at offset %d: no batch up to the end %d", topic, p, from, to)
+		}
+	}
+	return false, nil
 }

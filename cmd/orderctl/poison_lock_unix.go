@@ -17,3 +17,14 @@ func lockReplayJournal(f *os.File) error {
 	}
 	return err
 }
+
+// syncDirectory fsyncs directory dir: fsync of a new file makes its contents durable, not
+// its name, which lives in the directory.
+func syncDirectory(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

@@ -16,6 +16,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 
 	"github.com/orderpipe/orderpipe/events"
+	"github.com/orderpipe/orderpipe/worker"
 )
 
 // poisonReplayOptions are replay's own flags.
@@ -67,7 +68,7 @@ func (c *poisonCmd) replay(ctx context.Context, cfg poisonConfig, sel poisonSele
 		// Decided before anything is read or written: nobody could answer the question.
 		return errors.New("replay needs confirmation and stdin is not a terminal: pass --yes, or --dry-run to see what would be replayed (nothing was published)")
 	}
-	client, err := poisonConnect(cfg)
+	client, err := c.connect(cfg)
 	if err != nil {
 		return err
 	}
@@ -147,7 +148,7 @@ func (c *poisonCmd) replay(ctx context.Context, cfg poisonConfig, sel poisonSele
 
 	replayed := 0
 	if todo > 0 {
-		producer, err := sarama.NewSyncProducerFromClient(client)
+		producer, err := sarama.NewSyncProducerFromClient(client.Client)
 		if err != nil {
 			return fmt.Errorf("kafka producer: %w", err)
 		}
@@ -185,7 +186,7 @@ func (c *poisonCmd) replay(ctx context.Context, cfg poisonConfig, sel poisonSele
 // plan decides each message's step. It also returns the high-water marks of the topics
 // it will publish to, taken before anything is published: a journal's pending entry
 // carries them so that a resumed run can look for an interrupted publish above them.
-func (c *poisonCmd) plan(ctx context.Context, client sarama.Client, cfg poisonConfig, j *replayJournal,
+func (c *poisonCmd) plan(ctx context.Context, client poisonKafka, cfg poisonConfig, j *replayJournal,
 	selected []poisonRecord, o poisonReplayOptions) ([]replayStep, map[string]map[int32]int64, error) {
 	marks := map[string]map[int32]int64{}
 	missing := map[string]bool{}
@@ -200,6 +201,13 @@ func (c *poisonCmd) plan(ctx context.Context, client sarama.Client, cfg poisonCo
 			s.skip = "no " + middleware.PoisonedTopicKey + " header: the original topic is unknown"
 		case s.target == cfg.topic():
 			s.skip = "its original topic is the poison topic itself"
+		case r.header(worker.MetaTruncated) != "":
+			where := r.header(worker.MetaOriginalRecord)
+			if where == "" {
+				where = "unknown"
+			}
+			s.skip = fmt.Sprintf("a truncated copy (it lost its %s: the whole message, %s bytes, was too large for the poison topic); the original is at %s",
+				r.header(worker.MetaTruncated), r.header(worker.MetaOriginalBytes), where)
 		case r.replayCount() >= o.maxReplays:
 			s.skip = fmt.Sprintf("replayed %d times already, the maximum (--max-replays %d)", r.replayCount(), o.maxReplays)
 		}
@@ -237,7 +245,7 @@ func (c *poisonCmd) plan(ctx context.Context, client sarama.Client, cfg poisonCo
 
 // findReplayedCopy looks on target above marks for the copy of source that an interrupted
 // run may have published, and returns where it is ("partition:offset") or "".
-func findReplayedCopy(ctx context.Context, client sarama.Client, target, source string, marks map[int32]int64) (string, error) {
+func findReplayedCopy(ctx context.Context, client poisonKafka, target, source string, marks map[int32]int64) (string, error) {
 	parts, err := poisonPartitions(client, target)
 	if err != nil {
 		return "", err

@@ -5,12 +5,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -811,5 +813,230 @@ func TestProgress(t *testing.T) {
 	off.clear()
 	if b.Len() != 0 {
 		t.Errorf("a progress bar that is off drew %q", b.String())
+	}
+}
+
+// stallingPartition holds back the record at offset at of one partition for hold, as a
+// fetch that stalls mid-partition would (a leader change, a slow broker, a GC pause).
+type stallingPartition struct {
+	sarama.PartitionConsumer
+	out       chan *sarama.ConsumerMessage
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+func stallAt(partition int32, at int64, hold time.Duration) func(sarama.PartitionConsumer) sarama.PartitionConsumer {
+	return func(pc sarama.PartitionConsumer) sarama.PartitionConsumer {
+		s := &stallingPartition{PartitionConsumer: pc, out: make(chan *sarama.ConsumerMessage), done: make(chan struct{})}
+		go func() {
+			defer close(s.out)
+			for m := range pc.Messages() {
+				if m.Partition == partition && m.Offset == at {
+					select {
+					case <-time.After(hold):
+					case <-s.done:
+						return
+					}
+				}
+				select {
+				case s.out <- m:
+				case <-s.done:
+					return
+				}
+			}
+		}()
+		return s
+	}
+}
+
+func (s *stallingPartition) Messages() <-chan *sarama.ConsumerMessage { return s.out }
+
+func (s *stallingPartition) Close() error {
+	s.closeOnce.Do(func() { close(s.done) })
+	return s.PartitionConsumer.Close()
+}
+
+// TestPoisonReadOutlastsAStalledFetch: a fetch that delivers nothing for longer than the
+// reader's idle check, in the middle of a partition, must not end the read there.
+func TestPoisonReadOutlastsAStalledFetch(t *testing.T) {
+	prefix := testenv.TopicPrefix(t)
+	seedPoison(t, prefix)
+	target := prefix + events.TopicOrders
+	tc := newPoisonTestCmd(t, map[string]string{"KAFKA_TOPIC_PREFIX": prefix})
+	tc.wrapPartition = stallAt(0, 1, 3*poisonIdleCheck)
+
+	if got, want := poisonPositions(poisonListJSON(t, tc)), []string{"0:0", "0:1", "1:0", "1:1", "2:0", "2:1"}; !slices.Equal(got, want) {
+		t.Errorf("list with a fetch stalled at 0:1 = %v, want %v", got, want)
+	}
+	err := tc.exec("replay", "--reason", "gateway", "--yes", "--journal", filepath.Join(t.TempDir(), "replay.journal"))
+	if err != nil || !strings.Contains(tc.out.String(), "replayed 3, already replayed 0, skipped 0 of 3 selected") {
+		t.Errorf("replay --reason gateway with a fetch stalled at 0:1 = %v:\n%s", err, tc.out)
+	}
+	if n := poisonTopicSize(t, target); n != 3 {
+		t.Errorf("%s holds %d records, want 3 (0:0, 0:1, 2:1)", target, n)
+	}
+}
+
+// TestPoisonReadStalledForGoodFails: a read that cannot reach the end fails, naming the
+// partition, the offset it reached and the end; it never reports what it read as all.
+func TestPoisonReadStalledForGoodFails(t *testing.T) {
+	prefix := testenv.TopicPrefix(t)
+	seedPoison(t, prefix)
+	tc := newPoisonTestCmd(t, map[string]string{"KAFKA_TOPIC_PREFIX": prefix})
+	tc.wrapPartition = stallAt(0, 1, time.Hour)
+	tc.stallTimeout = 3 * poisonIdleCheck
+	err := tc.exec("replay", "--all", "--yes", "--journal", filepath.Join(t.TempDir(), "replay.journal"))
+	want := "read " + prefix + "orders.poison/0: no record for 3s at offset 1, before the end 2"
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("replay --all with partition 0 stalled for good = %v, want an error containing %q", err, want)
+	}
+	if n := poisonTopicSize(t, prefix+events.TopicOrders); n != 0 {
+		t.Errorf("%d records replayed, want none", n)
+	}
+}
+
+// TestPoisonReadEndsAtTransactionMarkers: offsets that hold transaction markers (a
+// transactional producer's commits) deliver nothing; a read whose last offsets are
+// markers ends there at once, with every record.
+func TestPoisonReadEndsAtTransactionMarkers(t *testing.T) {
+	prefix := testenv.TopicPrefix(t)
+	topic := prefix + events.TopicOrdersPoison
+	poisonCreateTopic(t, topic, 1)
+	conf := kafkaconf.Producer("orderctl-test")
+	conf.Producer.Transaction.ID = "orderctl-test-" + prefix
+	prod, err := sarama.NewSyncProducer(testenv.Brokers(), conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prod.Close()
+	for _, txn := range [][]string{{"a", "b", "c"}, {"d"}} { // offsets 0-2, marker 3, 4, marker 5
+		if err := prod.BeginTxn(); err != nil {
+			t.Fatal(err)
+		}
+		for _, v := range txn {
+			if _, _, err := prod.SendMessage(&sarama.ProducerMessage{Topic: topic, Value: sarama.StringEncoder(v)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := prod.CommitTxn(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testenv.Eventually(t, 10*time.Second, func() (bool, string) {
+		n := poisonTopicSize(t, topic)
+		return n == 6, fmt.Sprintf("%s ends at offset %d, want 6 (4 records, 2 markers)", topic, n)
+	})
+
+	tc := newPoisonTestCmd(t, map[string]string{"KAFKA_TOPIC_PREFIX": prefix})
+	tc.stallTimeout = 5 * poisonIdleCheck // were the markers taken for records, the read would fail
+	if got, want := poisonPositions(poisonListJSON(t, tc)), []string{"0:0", "0:1", "0:2", "0:4"}; !slices.Equal(got, want) {
+		t.Errorf("list = %v, want %v", got, want)
+	}
+	// The end is a marker, and so is the offset after the one asked for.
+	if err := tc.exec("show", "0:2"); err != nil || !hasLine(tc.out.String(), "message 0:2 of "+topic) {
+		t.Errorf("show 0:2 = %v:\n%s", err, tc.out)
+	}
+	if err := tc.exec("show", "0:3"); err == nil || !strings.Contains(err.Error(), "the offset holds no record") {
+		t.Errorf("show 0:3 (a marker) = %v, want no record", err)
+	}
+}
+
+// TestPoisonReplayKeepsTheRecordKey: the replayed record has the poison record's key,
+// which is the original record's (a foreign key, or none), not one derived from ce_subject.
+func TestPoisonReplayKeepsTheRecordKey(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		key  []byte
+	}{
+		{"foreign key", []byte("k-foreign")},
+		{"no key", nil},
+		{"empty key", []byte{}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := poisonRecord{key: tt.key, value: []byte("v"), headers: []poisonHeader{{events.MetaSubject, "7"}}}
+			m := poisonReplayMessage(replayStep{rec: rec, source: "orders.poison/0:1", target: "orders"}, time.Now())
+			var got []byte
+			if m.Key != nil {
+				got, _ = m.Key.Encode()
+			}
+			if (got == nil) != (tt.key == nil) || string(got) != string(tt.key) {
+				t.Errorf("replayed key = %q (nil %v), want %q (nil %v)", got, got == nil, tt.key, tt.key == nil)
+			}
+		})
+	}
+}
+
+// TestPoisonJournalCreationIsDurable: creating the journal syncs the directory that holds
+// its entry, and the parent of every directory created for it, once the file exists;
+// a failed sync fails the replay before anything is published. (What a crash keeps is
+// the file system's business; this checks that orderctl asks for it.)
+func TestPoisonJournalCreationIsDurable(t *testing.T) {
+	real := syncDir
+	t.Cleanup(func() { syncDir = real })
+	root := t.TempDir()
+	journal := filepath.Join(root, "state", "orderctl", "replay.journal")
+	var synced []string
+	syncDir = func(dir string) error {
+		if _, err := os.Stat(journal); err != nil {
+			t.Errorf("directory %s synced before the journal exists: %v", dir, err)
+		}
+		synced = append(synced, dir)
+		return real(dir)
+	}
+	j, err := openReplayJournal(journal, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j.close()
+	want := []string{filepath.Join(root, "state", "orderctl"), filepath.Join(root, "state"), root}
+	sort.Strings(synced)
+	sort.Strings(want)
+	if diff := cmp.Diff(want, slices.Compact(synced)); diff != "" {
+		t.Errorf("directories synced (-want +got):\n%s", diff)
+	}
+
+	syncDir = func(dir string) error { return errors.New("input/output error") }
+	prefix := testenv.TopicPrefix(t)
+	seedPoison(t, prefix)
+	tc := newPoisonTestCmd(t, map[string]string{"KAFKA_TOPIC_PREFIX": prefix})
+	err = tc.exec("replay", "--reason", "gateway", "--yes", "--journal", filepath.Join(t.TempDir(), "new", "replay.journal"))
+	if err == nil || !strings.Contains(err.Error(), "sync directory") || !strings.Contains(err.Error(), "input/output error") {
+		t.Errorf("replay whose journal directory cannot be synced = %v, want the sync error", err)
+	}
+	if n := poisonTopicSize(t, prefix+events.TopicOrders); n != 0 {
+		t.Errorf("%d records replayed, want none", n)
+	}
+}
+
+// TestPoisonReplaySkipsTruncatedCopies: a copy the worker truncated (the whole message was
+// too large for the poison topic) is not the message; replaying it would publish a
+// fragment. Replay skips it and says where the original is.
+func TestPoisonReplaySkipsTruncatedCopies(t *testing.T) {
+	prefix := testenv.TopicPrefix(t)
+	seedPoison(t, prefix)
+	prod, err := sarama.NewSyncProducer(testenv.Brokers(), kafkaconf.Producer("orderctl-test"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prod.Close()
+	h := poisonedEvent(prefix, "106", "malformed event", "1", worker.MetaTruncated, "payload",
+		worker.MetaOriginalBytes, "2097599", worker.MetaOriginalRecord, prefix+"orders/4:1234")
+	m := &sarama.ProducerMessage{Topic: prefix + events.TopicOrdersPoison, Key: sarama.StringEncoder("106"), Value: sarama.StringEncoder("xxxx")}
+	for k, v := range h {
+		m.Headers = append(m.Headers, sarama.RecordHeader{Key: []byte(k), Value: []byte(v)})
+	}
+	p, off, err := prod.SendMessage(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := newPoisonTestCmd(t, map[string]string{"KAFKA_TOPIC_PREFIX": prefix})
+	err = tc.exec("replay", "--order", "106", "--yes", "--journal", filepath.Join(t.TempDir(), "replay.journal"))
+	want := fmt.Sprintf("skipped %d:%d order=106 type=%s: a truncated copy (it lost its payload: the whole message, 2097599 bytes, was too large for the poison topic); the original is at %sorders/4:1234",
+		p, off, events.TypeOrderCreated, prefix)
+	if err == nil || !strings.Contains(tc.out.String(), want) {
+		t.Errorf("replay of a truncated copy = %v, want it skipped with %q:\n%s", err, want, tc.out)
+	}
+	if n := poisonTopicSize(t, prefix+events.TopicOrders); n != 0 {
+		t.Errorf("%d records replayed, want none", n)
 	}
 }
