@@ -2,6 +2,7 @@
 //
 //	orderctl migrate      apply the database migrations (the api also does at start)
 //	orderctl poison       list, show, stats and replay the poison queue
+//	orderctl orders       list orders stuck in PENDING, with where their event is
 //	orderctl tail         follow the orders and payments topics, one line per event
 //	orderctl load         drive the pipeline with orders and report latencies
 package main
@@ -27,6 +28,8 @@ commands:
   migrate    apply pending database migrations (DATABASE_URL)
   poison     list, show, stats and replay poisoned messages (KAFKA_BROKERS, KAFKA_TOPIC_PREFIX);
              orderctl poison help
+  orders     orders stuck PENDING and where their event is (DATABASE_URL, KAFKA_BROKERS,
+             KAFKA_TOPIC_PREFIX, WORKER_GROUP); orderctl orders help
   tail       follow orders and payments, one line per event (KAFKA_BROKERS, KAFKA_TOPIC_PREFIX);
              orderctl tail -h for flags
   load       send orders to the api (open or closed loop) and report POST latency,
@@ -86,6 +89,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return nil
 	case "poison":
 		return runPoison(ctx, args[1:], getenv, stdout, stderr)
+	case "orders":
+		return runOrders(ctx, args[1:], getenv, databaseURL, stdout, stderr)
 	case "tail":
 		return runTail(ctx, args[1:], getenv, stdout, stderr)
 	case "load":

@@ -143,7 +143,7 @@ func poisonOffsets(client sarama.Client, topic string, parts []int32, which int6
 func readPoison(ctx context.Context, client poisonKafka, topic string) ([]poisonRecord, error) {
 	parts, err := poisonPartitions(client, topic)
 	if errors.Is(err, errPoisonNoTopic) {
-		return nil, fmt.Errorf("poison topic %s does not exist: nothing was poisoned yet, or KAFKA_TOPIC_PREFIX is wrong", topic)
+		return nil, fmt.Errorf("poison topic %s does not exist: nothing was poisoned yet, or KAFKA_TOPIC_PREFIX is wrong (%w)", topic, errPoisonNoTopic)
 	}
 	if err != nil {
 		return nil, err
