@@ -198,8 +198,8 @@ func savePosition(ctx context.Context, conn *sql.Conn, group string, pos positio
 	return tx.Commit()
 }
 
-// maintain deletes forwarded rows past the retention and refreshes the backlog gauges,
-// every PruneInterval, while this relay is active.
+// maintain deletes rows past the retention that every group has forwarded, and
+// refreshes this group's backlog gauges, every PruneInterval, while this relay is active.
 func (r *Relay) maintain(ctx context.Context) error {
 	t := time.NewTicker(r.cfg.PruneInterval)
 	defer t.Stop()
@@ -217,10 +217,15 @@ func (r *Relay) maintain(ctx context.Context) error {
 
 func (r *Relay) prune(ctx context.Context) error {
 	for {
+		// The floor is the lowest position of all groups, not this group's: a row is
+		// deleted only once every group has forwarded it. Nothing is deleted before this
+		// group has saved a position of its own.
 		res, err := r.db.ExecContext(ctx, `DELETE FROM watermill_outbox WHERE ctid = ANY (ARRAY(
-			SELECT o.ctid FROM watermill_outbox o, watermill_offsets_outbox p
-			WHERE p.consumer_group = $1
-			  AND (o.transaction_id, o."offset") <= (p.last_processed_transaction_id, p.offset_acked)
+			SELECT o.ctid FROM watermill_outbox o,
+				(SELECT p.last_processed_transaction_id AS tx, p.offset_acked AS off FROM watermill_offsets_outbox p
+				 ORDER BY p.last_processed_transaction_id, p.offset_acked LIMIT 1) f
+			WHERE EXISTS (SELECT 1 FROM watermill_offsets_outbox WHERE consumer_group = $1)
+			  AND (o.transaction_id, o."offset") <= (f.tx, f.off)
 			  AND o.created_at < now() - make_interval(secs => $2)
 			ORDER BY o.transaction_id, o."offset" LIMIT 10000))`,
 			r.cfg.ConsumerGroup, r.cfg.Retention.Seconds())

@@ -21,7 +21,8 @@
 //     If the active one dies its session ends, the lock is released and a standby takes
 //     over from the saved position.
 //   - An envelope that does not decode is set aside in outbox_dead_letters and counted.
-//   - Forwarded rows older than the retention are deleted, so the outbox stays bounded.
+//   - Rows older than the retention that every consumer group has forwarded are deleted,
+//     so the outbox stays bounded.
 //   - Row metadata becomes record headers verbatim, W3C traceparent included; with
 //     tracing on, a row written under a sampled trace is sent under a producer span of
 //     its own, so one trace runs from the API request to the consumer (decodeRow).
@@ -61,7 +62,8 @@ type Config struct {
 	// StandbyInterval is how often a standby relay tries to become the active one.
 	// Default 1s.
 	StandbyInterval time.Duration
-	// Retention is how long forwarded rows are kept before they are deleted. Default 1h.
+	// Retention is how long forwarded rows are kept before they are deleted; a row is
+	// deleted only once every group in watermill_offsets_outbox is past it. Default 1h.
 	Retention time.Duration
 	// PruneInterval is how often forwarded rows past the retention are deleted, and the
 	// backlog gauge refreshed. Default 5s.
