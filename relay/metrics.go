@@ -15,8 +15,11 @@ type metrics struct {
 	backlog       prometheus.Gauge
 	backlogAge    prometheus.Gauge
 	leader        prometheus.Gauge
-	lag           prometheus.Histogram
-	batch         prometheus.Histogram
+	// positionInvalid is 1 while the saved position is from another transaction-id
+	// space (see checkPosition).
+	positionInvalid prometheus.Gauge
+	lag             prometheus.Histogram
+	batch           prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -43,6 +46,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		leader: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "relay_leader", Help: "1 while this relay is the active one.",
 		}),
+		positionInvalid: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "relay_position_invalid",
+			Help: "1 while the active relay's saved position or outbox rows have transaction ids this cluster has not assigned " +
+				"(a logical restore or migration): forwarding and pruning are stopped until orderctl relay reanchor.",
+		}),
 		lag: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "relay_lag_seconds",
 			Help:    "Time from an outbox row's insert to Kafka's acknowledgement.",
@@ -55,7 +63,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.forwarded, m.publishErrors, m.deadLetters, m.pruned,
-			m.backlog, m.backlogAge, m.leader, m.lag, m.batch} {
+			m.backlog, m.backlogAge, m.leader, m.positionInvalid, m.lag, m.batch} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

@@ -20,6 +20,13 @@
 //     the session that also reads and saves the position; others wait as hot standbys.
 //     If the active one dies its session ends, the lock is released and a standby takes
 //     over from the saved position.
+//   - The position is saved only if it is still the one the relay read, so a position
+//     re-anchored meanwhile (Reanchor) is never overwritten; the relay reloads it.
+//   - A position (or outbox row) with a transaction id this cluster has not assigned
+//     yet comes from another cluster's id space, after a logical dump and restore or
+//     migration: the relay then forwards and prunes nothing, says so (log, gauge
+//     relay_position_invalid), and resumes once the operator re-anchors the position
+//     (orderctl relay reanchor). See position.go.
 //   - An envelope that does not decode is set aside in outbox_dead_letters and counted.
 //   - Rows older than the retention that every consumer group has forwarded are deleted,
 //     so the outbox stays bounded.
@@ -36,6 +43,8 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -59,8 +68,8 @@ type Config struct {
 	// ConsumerGroup names the relay's position (table watermill_offsets_outbox) and its
 	// leadership lock. Default "relay".
 	ConsumerGroup string
-	// StandbyInterval is how often a standby relay tries to become the active one.
-	// Default 1s.
+	// StandbyInterval is how often a standby relay tries to become the active one, and
+	// how often an active relay whose position is invalid checks it again. Default 1s.
 	StandbyInterval time.Duration
 	// Retention is how long forwarded rows are kept before they are deleted; a row is
 	// deleted only once every group in watermill_offsets_outbox is past it. Default 1h.
@@ -120,6 +129,16 @@ type Relay struct {
 	metrics *metrics
 	tracer  trace.Tracer // nil when tracing is off
 	lockKey int64
+
+	// invalid is set while the saved position is from another transaction-id space
+	// (checkPosition): forwarding and pruning stop until it is fixed.
+	invalid atomic.Bool
+	// moved is set when the saved position is not the one the forwarder last saved:
+	// re-anchored while the relay ran. The forwarder then reloads it.
+	moved    atomic.Bool
+	mu       sync.Mutex
+	saved    position  // the position the forwarder last loaded or saved
+	loggedAt time.Time // when the invalid position was last logged
 }
 
 // New returns a relay reading the outbox in db.
@@ -186,28 +205,103 @@ func (r *Relay) lead(ctx context.Context) error {
 	}
 	r.metrics.leader.Set(1)
 	defer r.metrics.leader.Set(0)
+	defer r.metrics.positionInvalid.Set(0) // a standby does not check
 	r.logger.Info("active relay", "group", r.cfg.ConsumerGroup)
 
-	pos, err := loadPosition(ctx, conn, r.cfg.ConsumerGroup)
-	if err != nil {
-		return err
-	}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return r.maintain(ctx) })
-	g.Go(func() error { return r.forward(ctx, conn, pos) })
+	g.Go(func() error { return r.forward(ctx, conn) })
 	return g.Wait()
 }
 
+// awaitValidPosition loads the saved position and returns it once it is one this
+// cluster can have written (checkPosition), checking again every StandbyInterval: the
+// operator fixes it with orderctl relay reanchor while the relay runs.
+func (r *Relay) awaitValidPosition(ctx context.Context, conn *sql.Conn) (position, error) {
+	for {
+		c, err := r.checkPosition(ctx, conn)
+		if err != nil {
+			return position{}, err
+		}
+		if c.valid() {
+			r.mu.Lock()
+			r.saved = c.pos
+			r.mu.Unlock()
+			r.moved.Store(false)
+			return c.pos, nil
+		}
+		select {
+		case <-ctx.Done():
+			return position{}, ctx.Err()
+		case <-time.After(r.cfg.StandbyInterval):
+		}
+	}
+}
+
+// checkPosition checks the group's saved position, keeps the invalid flag and gauge, and
+// logs an invalid position loudly: when first seen, then once a minute.
+func (r *Relay) checkPosition(ctx context.Context, q queryer) (positionCheck, error) {
+	c, err := checkPosition(ctx, q, r.cfg.ConsumerGroup)
+	if err != nil {
+		return c, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if c.pos != r.saved {
+		r.moved.Store(true)
+	}
+	was := r.invalid.Load()
+	r.invalid.Store(!c.valid())
+	if c.valid() {
+		r.metrics.positionInvalid.Set(0)
+		if was {
+			r.logger.Info("relay position valid again; forwarding resumes", "group", r.cfg.ConsumerGroup,
+				"saved_position", c.pos.String(), "next_transaction_id", c.next)
+		}
+		return c, nil
+	}
+	r.metrics.positionInvalid.Set(1)
+	if !was || time.Since(r.loggedAt) >= time.Minute {
+		r.loggedAt = time.Now()
+		reason := "the saved position is at or above this cluster's next transaction id"
+		if !c.ahead {
+			reason = "outbox rows have transaction ids at or above this cluster's next transaction id"
+		}
+		r.logger.Error("relay position from another transaction-id space (database restored or migrated logically?): "+
+			"forwarding and pruning stopped; run the command to resend the outbox from its oldest row",
+			"group", r.cfg.ConsumerGroup, "reason", reason, "saved_position", c.pos.String(), "next_transaction_id", c.next,
+			"command", "orderctl relay reanchor --group "+r.cfg.ConsumerGroup)
+	}
+	return c, nil
+}
+
 // forward is the active relay's loop: read a batch, send it, save the position.
-func (r *Relay) forward(ctx context.Context, conn *sql.Conn, pos position) error {
+func (r *Relay) forward(ctx context.Context, conn *sql.Conn) error {
 	var producer sarama.SyncProducer // nil until Kafka answers
 	defer func() {
 		if producer != nil {
 			producer.Close()
 		}
 	}()
+	pos, err := r.awaitValidPosition(ctx, conn)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
 	backoff := newBackoff(r.cfg.MaxBackoff)
 	for ctx.Err() == nil {
+		if r.invalid.Load() || r.moved.Load() {
+			// maintain found the position invalid, or changed by someone else: stop
+			// until it is valid, then go on from the saved position.
+			if pos, err = r.awaitValidPosition(ctx, conn); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
+		}
 		if producer == nil {
 			p, err := r.newProducer()
 			if err != nil {
@@ -267,12 +361,27 @@ func (r *Relay) forward(ctx context.Context, conn *sql.Conn, pos position) error
 		}
 		// The batch is on Kafka: save the position even if shutdown began meanwhile.
 		saveCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		err = savePosition(saveCtx, conn, r.cfg.ConsumerGroup, last, dead)
+		err = savePosition(saveCtx, conn, r.cfg.ConsumerGroup, pos, last, dead)
 		cancel()
+		if errors.Is(err, errPositionMoved) {
+			// Re-anchored meanwhile: the batch is on Kafka but the new position wins, and
+			// the rows after it are sent (again).
+			r.logger.Warn("saved position changed by another writer; reloading it", "group", r.cfg.ConsumerGroup)
+			if pos, err = r.awaitValidPosition(ctx, conn); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("save position: %w", err)
 		}
 		pos = last
+		r.mu.Lock()
+		r.saved = pos
+		r.mu.Unlock()
 		r.metrics.observe(rows, msgs, dead, acked)
 		for _, d := range dead {
 			r.logger.Error("outbox row set aside as dead letter", "message_id", d.row.uuid, "err", d.reason)
