@@ -88,4 +88,3 @@ func TestRelayReanchor(t *testing.T) {
 		}
 	}
 }
-
