@@ -3,7 +3,6 @@ package relay
 import (
 	"time"
 
-	"github.com/IBM/sarama"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -28,10 +27,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "relay_forwarded_total", Help: "Outbox rows acknowledged by Kafka, by topic.",
 		}, []string{"topic"}),
 		publishErrors: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "relay_publish_errors_total", Help: "Batches Kafka did not acknowledge (they are sent again).",
+			Name: "relay_publish_errors_total", Help: "Batches in which Kafka did not acknowledge a record for a reason that may pass (those records are sent again).",
 		}),
 		deadLetters: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "relay_dead_letters_total", Help: "Outbox rows set aside because their envelope does not decode.",
+			Name: "relay_dead_letters_total", Help: "Outbox rows set aside because their envelope does not decode or Kafka rejects their record for good.",
 		}),
 		pruned: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "relay_pruned_total", Help: "Forwarded outbox rows deleted after the retention.",
@@ -57,7 +56,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
 		}),
 		batch: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "relay_batch_rows", Help: "Rows per forwarded batch.",
+			Name: "relay_batch_rows", Help: "Records per batch sent to Kafka.",
 			Buckets: prometheus.ExponentialBuckets(1, 4, 7),
 		}),
 	}
@@ -72,13 +71,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	return m, nil
 }
 
-func (m *metrics) observe(rows []row, msgs []*sarama.ProducerMessage, dead []deadLetter, acked time.Time) {
-	m.batch.Observe(float64(len(rows)))
-	for _, r := range rows {
-		m.lag.Observe(acked.Sub(r.createdAt).Seconds())
-	}
-	for _, pm := range msgs {
-		m.forwarded.WithLabelValues(pm.Topic).Inc()
-	}
-	m.deadLetters.Add(float64(len(dead)))
+// acked counts a record Kafka acknowledged at t.
+func (m *metrics) acked(o outgoing, t time.Time) {
+	m.lag.Observe(t.Sub(o.row.createdAt).Seconds())
+	m.forwarded.WithLabelValues(o.msg.Topic).Inc()
 }

@@ -27,6 +27,18 @@ type position struct {
 	offset int64
 }
 
+// after reports whether p comes after q in the outbox. Transaction ids compare as
+// numbers: decimal text without leading zeros, so the longer is the larger.
+func (p position) after(q position) bool {
+	if len(p.txID) != len(q.txID) {
+		return len(p.txID) > len(q.txID)
+	}
+	if p.txID != q.txID {
+		return p.txID > q.txID
+	}
+	return p.offset > q.offset
+}
+
 // String is the position as transaction id/offset.
 func (p position) String() string { return p.txID + "/" + strconv.FormatInt(p.offset, 10) }
 
@@ -84,27 +96,31 @@ type deadLetter struct {
 	reason string
 }
 
-// decodeBatch unwraps each row into a Kafka record; rows that do not decode are
-// returned as dead letters instead. spans are the producer spans of the traced records
-// (see decodeRow), to be ended once Kafka has answered.
-func decodeBatch(rows []row, tracer trace.Tracer) ([]*sarama.ProducerMessage, []deadLetter, []trace.Span) {
-	msgs := make([]*sarama.ProducerMessage, 0, len(rows))
-	var (
-		dead  []deadLetter
-		spans []trace.Span
-	)
+// decodeBatch unwraps each row into a Kafka record; rows that do not decode, or whose
+// record is larger than maxBytes (the producer's Producer.MaxMessageBytes, which Sarama
+// would refuse without sending), are returned as dead letters instead. The records'
+// producer spans (see decodeRow) are to be ended once Kafka has answered.
+func decodeBatch(rows []row, tracer trace.Tracer, maxBytes int) ([]outgoing, []deadLetter) {
+	out := make([]outgoing, 0, len(rows))
+	var dead []deadLetter
 	for _, r := range rows {
 		pm, span, err := decodeRow(r, tracer)
 		if err != nil {
 			dead = append(dead, deadLetter{row: r, reason: err.Error()})
 			continue
 		}
-		msgs = append(msgs, pm)
-		if span != nil {
-			spans = append(spans, span)
+		// Record format v2: the version Sarama uses from Kafka 0.11 on.
+		if n := pm.ByteSize(2); n > maxBytes {
+			err := fmt.Errorf("record of %d bytes is larger than the producer's limit of %d bytes", n, maxBytes)
+			if span != nil {
+				endSpans([]trace.Span{span}, err)
+			}
+			dead = append(dead, deadLetter{row: r, reason: rejectReason(pm.Topic, err)})
+			continue
 		}
+		out = append(out, outgoing{row: r, msg: pm, span: span})
 	}
-	return msgs, dead, spans
+	return out, dead
 }
 
 // decodeRow unwraps a row into a Kafka record whose headers are the row's metadata.
@@ -148,8 +164,8 @@ func decodeRow(r row, tracer trace.Tracer) (*sarama.ProducerMessage, trace.Span,
 	return pm, span, nil
 }
 
-// endSpans ends the producer spans of a batch, marking them failed if err is not nil
-// (the batch is then sent again, under new spans).
+// endSpans ends producer spans, marking them failed if err is not nil (a record failed
+// transiently is then sent again, under a new span).
 func endSpans(spans []trace.Span, err error) {
 	for _, s := range spans {
 		if err != nil {
