@@ -663,6 +663,64 @@ func TestPrometheusConfig(t *testing.T) {
 	})
 }
 
+// TestAlertRules checks that every alert selects a job Prometheus scrapes and names a
+// metric the daemons export, and (where promtool is installed) that promtool accepts
+// the file.
+func TestAlertRules(t *testing.T) {
+	data, err := os.ReadFile(repoFile("observability", "alerts.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rules struct {
+		Groups []struct {
+			Name  string
+			Rules []struct {
+				Alert, Expr string
+				Labels      map[string]string
+				Annotations map[string]string
+			}
+		}
+	}
+	if err := yaml.Unmarshal(data, &rules); err != nil {
+		t.Fatalf("alerts.yml: %v", err)
+	}
+	jobs := scrapedJobs(t)
+	readme, err := os.ReadFile(repoFile("README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var alerts []string
+	for _, g := range rules.Groups {
+		for _, r := range g.Rules {
+			alerts = append(alerts, r.Alert)
+			sel := jobSelector.FindAllStringSubmatch(r.Expr, -1)
+			if len(sel) == 0 {
+				t.Errorf("alert %s: %s selects no job", r.Alert, r.Expr)
+			}
+			for _, m := range sel {
+				if _, ok := jobs[m[1]]; !ok {
+					t.Errorf("alert %s selects job %q, which prometheus.yml does not scrape", r.Alert, m[1])
+				}
+			}
+			if r.Labels["severity"] == "" || r.Annotations["summary"] == "" {
+				t.Errorf("alert %s has no severity or summary", r.Alert)
+			}
+			if !strings.Contains(string(readme), r.Alert) {
+				t.Errorf("alert %s has no runbook entry in README.md", r.Alert)
+			}
+		}
+	}
+	if !slices.Contains(alerts, "RelayPositionInvalid") {
+		t.Errorf("alerts %v, want RelayPositionInvalid", alerts)
+	}
+	t.Run("promtool check rules", func(t *testing.T) {
+		promtool := lookPath(t, "promtool")
+		if out, err := exec.Command(promtool, "check", "rules", repoFile("observability", "alerts.yml")).CombinedOutput(); err != nil {
+			t.Errorf("promtool check rules: %v\n%s", err, out)
+		}
+	})
+}
+
 // TestComposeObservability checks that compose mounts the observability files where
 // Prometheus and Grafana read them, and (where docker-compose is installed) that
 // docker-compose accepts compose.yml. No Docker engine is needed, none is used.
@@ -689,6 +747,7 @@ func TestComposeObservability(t *testing.T) {
 	}
 	for _, tt := range []struct{ service, source, target string }{
 		{"prometheus", "./observability/prometheus.yml", "/etc/prometheus/prometheus.yml"},
+		{"prometheus", "./observability/alerts.yml", "/etc/prometheus/alerts.yml"},
 		{"grafana", "./observability/grafana/provisioning", "/etc/grafana/provisioning"},
 		{"grafana", "./observability/grafana/dashboards", providers.Providers[0].Options.Path},
 	} {

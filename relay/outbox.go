@@ -27,6 +27,18 @@ type position struct {
 	offset int64
 }
 
+// after reports whether p comes after q in the outbox. Transaction ids compare as
+// numbers: decimal text without leading zeros, so the longer is the larger.
+func (p position) after(q position) bool {
+	if len(p.txID) != len(q.txID) {
+		return len(p.txID) > len(q.txID)
+	}
+	if p.txID != q.txID {
+		return p.txID > q.txID
+	}
+	return p.offset > q.offset
+}
+
 // String is the position as transaction id/offset.
 func (p position) String() string { return p.txID + "/" + strconv.FormatInt(p.offset, 10) }
 
@@ -35,19 +47,6 @@ type row struct {
 	uuid      string
 	payload   []byte
 	createdAt time.Time
-}
-
-func loadPosition(ctx context.Context, conn *sql.Conn, group string) (position, error) {
-	p := position{txID: "0"}
-	err := conn.QueryRowContext(ctx, `SELECT last_processed_transaction_id::text, offset_acked
-		FROM watermill_offsets_outbox WHERE consumer_group = $1`, group).Scan(&p.txID, &p.offset)
-	if errors.Is(err, sql.ErrNoRows) {
-		return position{txID: "0"}, nil
-	}
-	if err != nil {
-		return position{}, fmt.Errorf("load position: %w", err)
-	}
-	return p, nil
 }
 
 // readBatch reads up to limit rows after pos whose transactions have all ended: rows of
@@ -97,27 +96,31 @@ type deadLetter struct {
 	reason string
 }
 
-// decodeBatch unwraps each row into a Kafka record; rows that do not decode are
-// returned as dead letters instead. spans are the producer spans of the traced records
-// (see decodeRow), to be ended once Kafka has answered.
-func decodeBatch(rows []row, tracer trace.Tracer) ([]*sarama.ProducerMessage, []deadLetter, []trace.Span) {
-	msgs := make([]*sarama.ProducerMessage, 0, len(rows))
-	var (
-		dead  []deadLetter
-		spans []trace.Span
-	)
+// decodeBatch unwraps each row into a Kafka record; rows that do not decode, or whose
+// record is larger than maxBytes (the producer's Producer.MaxMessageBytes, which Sarama
+// would refuse without sending), are returned as dead letters instead. The records'
+// producer spans (see decodeRow) are to be ended once Kafka has answered.
+func decodeBatch(rows []row, tracer trace.Tracer, maxBytes int) ([]outgoing, []deadLetter) {
+	out := make([]outgoing, 0, len(rows))
+	var dead []deadLetter
 	for _, r := range rows {
 		pm, span, err := decodeRow(r, tracer)
 		if err != nil {
 			dead = append(dead, deadLetter{row: r, reason: err.Error()})
 			continue
 		}
-		msgs = append(msgs, pm)
-		if span != nil {
-			spans = append(spans, span)
+		// Record format v2: the version Sarama uses from Kafka 0.11 on.
+		if n := pm.ByteSize(2); n > maxBytes {
+			err := fmt.Errorf("record of %d bytes is larger than the producer's limit of %d bytes", n, maxBytes)
+			if span != nil {
+				endSpans([]trace.Span{span}, err)
+			}
+			dead = append(dead, deadLetter{row: r, reason: rejectReason(pm.Topic, err)})
+			continue
 		}
+		out = append(out, outgoing{row: r, msg: pm, span: span})
 	}
-	return msgs, dead, spans
+	return out, dead
 }
 
 // decodeRow unwraps a row into a Kafka record whose headers are the row's metadata.
@@ -161,8 +164,8 @@ func decodeRow(r row, tracer trace.Tracer) (*sarama.ProducerMessage, trace.Span,
 	return pm, span, nil
 }
 
-// endSpans ends the producer spans of a batch, marking them failed if err is not nil
-// (the batch is then sent again, under new spans).
+// endSpans ends producer spans, marking them failed if err is not nil (a record failed
+// transiently is then sent again, under a new span).
 func endSpans(spans []trace.Span, err error) {
 	for _, s := range spans {
 		if err != nil {
@@ -173,9 +176,11 @@ func endSpans(spans []trace.Span, err error) {
 	}
 }
 
-// savePosition records the dead letters of a batch and moves the position past it, in
-// one transaction on the leader's session.
-func savePosition(ctx context.Context, conn *sql.Conn, group string, pos position, dead []deadLetter) error {
+// savePosition records the dead letters of a batch and moves the position from prev past
+// it, in one transaction on the leader's session. It returns errPositionMoved, saving
+// nothing, when the saved position is no longer prev: a position written meanwhile by
+// Reanchor (or by a second leader) is never overwritten.
+func savePosition(ctx context.Context, conn *sql.Conn, group string, prev, pos position, dead []deadLetter) error {
 	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
 		return err
@@ -188,18 +193,37 @@ func savePosition(ctx context.Context, conn *sql.Conn, group string, pos positio
 			return err
 		}
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO watermill_offsets_outbox
-		(consumer_group, offset_acked, last_processed_transaction_id) VALUES ($1, $2, $3::xid8)
-		ON CONFLICT (consumer_group) DO UPDATE SET offset_acked = excluded.offset_acked,
-		last_processed_transaction_id = excluded.last_processed_transaction_id`,
-		group, pos.offset, pos.txID); err != nil {
+	res, err := tx.ExecContext(ctx, `UPDATE watermill_offsets_outbox SET offset_acked = $2, last_processed_transaction_id = $3::xid8
+		WHERE consumer_group = $1 AND last_processed_transaction_id = $4::xid8 AND COALESCE(offset_acked, 0) = $5`,
+		group, pos.offset, pos.txID, prev.txID, prev.offset)
+	if err != nil {
 		return err
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return err
+	}
+	if n == 0 && prev == (position{txID: "0"}) {
+		// The group's first save.
+		res, err = tx.ExecContext(ctx, `INSERT INTO watermill_offsets_outbox
+			(consumer_group, offset_acked, last_processed_transaction_id) VALUES ($1, $2, $3::xid8)
+			ON CONFLICT (consumer_group) DO NOTHING`, group, pos.offset, pos.txID)
+		if err != nil {
+			return err
+		}
+		if n, err = res.RowsAffected(); err != nil {
+			return err
+		}
+	}
+	if n == 0 {
+		return errPositionMoved
 	}
 	return tx.Commit()
 }
 
-// maintain deletes forwarded rows past the retention and refreshes the backlog gauges,
-// every PruneInterval, while this relay is active.
+// maintain deletes rows past the retention that every group has forwarded, checks this
+// group's position, and refreshes its gauges, every PruneInterval, while this relay is
+// active.
 func (r *Relay) maintain(ctx context.Context) error {
 	t := time.NewTicker(r.cfg.PruneInterval)
 	defer t.Stop()
@@ -209,6 +233,9 @@ func (r *Relay) maintain(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		}
+		if _, err := r.checkPosition(ctx, r.db); err != nil && ctx.Err() == nil {
+			r.logger.Warn("check position", "err", err)
+		}
 		if err := r.prune(ctx); err != nil && ctx.Err() == nil {
 			r.logger.Warn("prune outbox", "err", err)
 		}
@@ -217,10 +244,20 @@ func (r *Relay) maintain(ctx context.Context) error {
 
 func (r *Relay) prune(ctx context.Context) error {
 	for {
-		res, err := r.db.ExecContext(ctx, `DELETE FROM watermill_outbox WHERE ctid = ANY (ARRAY(
-			SELECT o.ctid FROM watermill_outbox o, watermill_offsets_outbox p
-			WHERE p.consumer_group = $1
-			  AND (o.transaction_id, o."offset") <= (p.last_processed_transaction_id, p.offset_acked)
+		// The floor is the lowest position of all groups, not this group's: a row is
+		// deleted only once every group has forwarded it. Nothing is deleted before this
+		// group has saved a position of its own, nor while any position or row has a
+		// transaction id this cluster has not assigned yet (checkPosition): after a
+		// logical restore every row may be one that no group has forwarded.
+		res, err := r.db.ExecContext(ctx, `WITH s AS (SELECT pg_snapshot_xmax(pg_current_snapshot()) AS next)
+			DELETE FROM watermill_outbox WHERE ctid = ANY (ARRAY(
+			SELECT o.ctid FROM watermill_outbox o,
+				(SELECT p.last_processed_transaction_id AS tx, p.offset_acked AS off FROM watermill_offsets_outbox p
+				 ORDER BY p.last_processed_transaction_id, p.offset_acked LIMIT 1) f
+			WHERE EXISTS (SELECT 1 FROM watermill_offsets_outbox WHERE consumer_group = $1)
+			  AND NOT EXISTS (SELECT 1 FROM watermill_offsets_outbox, s WHERE last_processed_transaction_id >= s.next)
+			  AND NOT EXISTS (SELECT 1 FROM watermill_outbox, s WHERE transaction_id >= s.next)
+			  AND (o.transaction_id, o."offset") <= (f.tx, f.off)
 			  AND o.created_at < now() - make_interval(secs => $2)
 			ORDER BY o.transaction_id, o."offset" LIMIT 10000))`,
 			r.cfg.ConsumerGroup, r.cfg.Retention.Seconds())
@@ -233,6 +270,8 @@ func (r *Relay) prune(ctx context.Context) error {
 			break
 		}
 	}
+	// A position from another transaction-id space says nothing about what was
+	// forwarded: the whole outbox is then backlog.
 	var (
 		backlog int64
 		age     float64
@@ -240,7 +279,8 @@ func (r *Relay) prune(ctx context.Context) error {
 	err := r.db.QueryRowContext(ctx, `SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(o.created_at)), 0)::float8
 		FROM watermill_outbox o
 		WHERE (o.transaction_id, o."offset") > COALESCE((SELECT (p.last_processed_transaction_id, p.offset_acked)
-			FROM watermill_offsets_outbox p WHERE p.consumer_group = $1), ('0'::xid8, 0::bigint))`,
+			FROM watermill_offsets_outbox p WHERE p.consumer_group = $1
+			  AND p.last_processed_transaction_id < pg_snapshot_xmax(pg_current_snapshot())), ('0'::xid8, 0::bigint))`,
 		r.cfg.ConsumerGroup).Scan(&backlog, &age)
 	if err != nil {
 		return err

@@ -12,16 +12,29 @@
 //     running transaction (pg_snapshot_xmin). A row whose transaction commits late is
 //     therefore read after it commits, never skipped: no gaps.
 //   - A batch is sent with one SyncProducer.SendMessages call (acks=all, idempotent, one
-//     request in flight per broker), which keeps each partition's order while batching,
-//     and the position moves only after every message of the batch is acknowledged:
-//     at-least-once. Records are built by watermill-kafka's marshaler, so consumers read
-//     them as any Watermill Kafka message, keyed by order id.
+//     request in flight per broker), which keeps each partition's order while batching.
+//     The position moves past a row only once it, and every row before it, is on Kafka
+//     or set aside as a dead letter: at-least-once. A record refused for a reason that
+//     may pass (Kafka down, no leader) stops the position there; it and the rows after
+//     it are read again, and those already acknowledged are not resent (deliver.go).
+//     Records are built by watermill-kafka's marshaler, so consumers read them as any
+//     Watermill Kafka message, keyed by order id.
 //   - One relay per consumer group is active, elected by a Postgres advisory lock held on
 //     the session that also reads and saves the position; others wait as hot standbys.
 //     If the active one dies its session ends, the lock is released and a standby takes
 //     over from the saved position.
-//   - An envelope that does not decode is set aside in outbox_dead_letters and counted.
-//   - Forwarded rows older than the retention are deleted, so the outbox stays bounded.
+//   - The position is saved only if it is still the one the relay read, so a position
+//     re-anchored meanwhile (Reanchor) is never overwritten; the relay reloads it.
+//   - A position (or outbox row) with a transaction id this cluster has not assigned
+//     yet comes from another cluster's id space, after a logical dump and restore or
+//     migration: the relay then forwards and prunes nothing, says so (log, gauge
+//     relay_position_invalid), and resumes once the operator re-anchors the position
+//     (orderctl relay reanchor). See position.go.
+//   - An envelope that does not decode, and a record Kafka refuses for good (too large,
+//     invalid, invalid topic name: see permanent), is set aside in outbox_dead_letters
+//     with the reason and counted, instead of stalling the relay.
+//   - Rows older than the retention that every consumer group has forwarded are deleted,
+//     so the outbox stays bounded.
 //   - Row metadata becomes record headers verbatim, W3C traceparent included; with
 //     tracing on, a row written under a sampled trace is sent under a producer span of
 //     its own, so one trace runs from the API request to the consumer (decodeRow).
@@ -35,6 +48,8 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -58,10 +73,11 @@ type Config struct {
 	// ConsumerGroup names the relay's position (table watermill_offsets_outbox) and its
 	// leadership lock. Default "relay".
 	ConsumerGroup string
-	// StandbyInterval is how often a standby relay tries to become the active one.
-	// Default 1s.
+	// StandbyInterval is how often a standby relay tries to become the active one, and
+	// how often an active relay whose position is invalid checks it again. Default 1s.
 	StandbyInterval time.Duration
-	// Retention is how long forwarded rows are kept before they are deleted. Default 1h.
+	// Retention is how long forwarded rows are kept before they are deleted; a row is
+	// deleted only once every group in watermill_offsets_outbox is past it. Default 1h.
 	Retention time.Duration
 	// PruneInterval is how often forwarded rows past the retention are deleted, and the
 	// backlog gauge refreshed. Default 5s.
@@ -118,6 +134,19 @@ type Relay struct {
 	metrics *metrics
 	tracer  trace.Tracer // nil when tracing is off
 	lockKey int64
+	// maxMessageBytes is the producer's record size limit: a larger record is a dead
+	// letter before it is sent.
+	maxMessageBytes int
+
+	// invalid is set while the saved position is from another transaction-id space
+	// (checkPosition): forwarding and pruning stop until it is fixed.
+	invalid atomic.Bool
+	// moved is set when the saved position is not the one the forwarder last saved:
+	// re-anchored while the relay ran. The forwarder then reloads it.
+	moved    atomic.Bool
+	mu       sync.Mutex
+	saved    position  // the position the forwarder last loaded or saved
+	loggedAt time.Time // when the invalid position was last logged
 }
 
 // New returns a relay reading the outbox in db.
@@ -132,7 +161,8 @@ func New(db *sql.DB, cfg Config, logger *slog.Logger) (*Relay, error) {
 	}
 	h := fnv.New64a()
 	h.Write([]byte("orderpipe.relay." + cfg.ConsumerGroup))
-	r := &Relay{db: db, cfg: cfg, logger: logger, metrics: m, lockKey: int64(h.Sum64())}
+	r := &Relay{db: db, cfg: cfg, logger: logger, metrics: m, lockKey: int64(h.Sum64()),
+		maxMessageBytes: producerConfig().Producer.MaxMessageBytes}
 	if tracing.Enabled(cfg.TracerProvider) {
 		r.tracer = tracing.Tracer(cfg.TracerProvider)
 	}
@@ -184,28 +214,107 @@ func (r *Relay) lead(ctx context.Context) error {
 	}
 	r.metrics.leader.Set(1)
 	defer r.metrics.leader.Set(0)
+	defer r.metrics.positionInvalid.Set(0) // a standby does not check
 	r.logger.Info("active relay", "group", r.cfg.ConsumerGroup)
 
-	pos, err := loadPosition(ctx, conn, r.cfg.ConsumerGroup)
-	if err != nil {
-		return err
-	}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return r.maintain(ctx) })
-	g.Go(func() error { return r.forward(ctx, conn, pos) })
+	g.Go(func() error { return r.forward(ctx, conn) })
 	return g.Wait()
 }
 
+// awaitValidPosition loads the saved position and returns it once it is one this
+// cluster can have written (checkPosition), checking again every StandbyInterval: the
+// operator fixes it with orderctl relay reanchor while the relay runs.
+func (r *Relay) awaitValidPosition(ctx context.Context, conn *sql.Conn) (position, error) {
+	for {
+		c, err := r.checkPosition(ctx, conn)
+		if err != nil {
+			return position{}, err
+		}
+		if c.valid() {
+			r.mu.Lock()
+			r.saved = c.pos
+			r.mu.Unlock()
+			r.moved.Store(false)
+			return c.pos, nil
+		}
+		select {
+		case <-ctx.Done():
+			return position{}, ctx.Err()
+		case <-time.After(r.cfg.StandbyInterval):
+		}
+	}
+}
+
+// checkPosition checks the group's saved position, keeps the invalid flag and gauge, and
+// logs an invalid position loudly: when first seen, then once a minute.
+func (r *Relay) checkPosition(ctx context.Context, q queryer) (positionCheck, error) {
+	c, err := checkPosition(ctx, q, r.cfg.ConsumerGroup)
+	if err != nil {
+		return c, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if c.pos != r.saved {
+		r.moved.Store(true)
+	}
+	was := r.invalid.Load()
+	r.invalid.Store(!c.valid())
+	if c.valid() {
+		r.metrics.positionInvalid.Set(0)
+		if was {
+			r.logger.Info("relay position valid again; forwarding resumes", "group", r.cfg.ConsumerGroup,
+				"saved_position", c.pos.String(), "next_transaction_id", c.next)
+		}
+		return c, nil
+	}
+	r.metrics.positionInvalid.Set(1)
+	if !was || time.Since(r.loggedAt) >= time.Minute {
+		r.loggedAt = time.Now()
+		reason := "the saved position is at or above this cluster's next transaction id"
+		if !c.ahead {
+			reason = "outbox rows have transaction ids at or above this cluster's next transaction id"
+		}
+		r.logger.Error("relay position from another transaction-id space (database restored or migrated logically?): "+
+			"forwarding and pruning stopped; run the command to resend the outbox from its oldest row",
+			"group", r.cfg.ConsumerGroup, "reason", reason, "saved_position", c.pos.String(), "next_transaction_id", c.next,
+			"command", "orderctl relay reanchor --group "+r.cfg.ConsumerGroup)
+	}
+	return c, nil
+}
+
 // forward is the active relay's loop: read a batch, send it, save the position.
-func (r *Relay) forward(ctx context.Context, conn *sql.Conn, pos position) error {
+func (r *Relay) forward(ctx context.Context, conn *sql.Conn) error {
 	var producer sarama.SyncProducer // nil until Kafka answers
 	defer func() {
 		if producer != nil {
 			producer.Close()
 		}
 	}()
+	pos, err := r.awaitValidPosition(ctx, conn)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
 	backoff := newBackoff(r.cfg.MaxBackoff)
+	// acked holds the rows after pos that Kafka acknowledged while an earlier row failed
+	// transiently: the position cannot pass them yet, but they are not sent again.
+	acked := map[position]bool{}
 	for ctx.Err() == nil {
+		if r.invalid.Load() || r.moved.Load() {
+			clear(acked)
+			// maintain found the position invalid, or changed by someone else: stop
+			// until it is valid, then go on from the saved position.
+			if pos, err = r.awaitValidPosition(ctx, conn); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
+		}
 		if producer == nil {
 			p, err := r.newProducer()
 			if err != nil {
@@ -232,9 +341,15 @@ func (r *Relay) forward(ctx context.Context, conn *sql.Conn, pos position) error
 			}
 			continue
 		}
-		msgs, dead, spans := decodeBatch(rows, r.tracer)
-		err = send(ctx, producer, msgs)
-		endSpans(spans, err)
+		// Rows acknowledged in an earlier attempt at this batch are not sent again.
+		var pending []row
+		for _, rw := range rows {
+			if !acked[rw.pos] {
+				pending = append(pending, rw)
+			}
+		}
+		out, dead := decodeBatch(pending, r.tracer, r.maxMessageBytes)
+		errs, err := deliver(ctx, producer, out)
 		if errors.Is(err, errAbandoned) {
 			// Shutting down with Kafka not answering: the position was not saved, so
 			// the next active relay sends this batch again. Closing the producer would
@@ -243,37 +358,95 @@ func (r *Relay) forward(ctx context.Context, conn *sql.Conn, pos position) error
 			r.logger.Warn("shutdown: batch abandoned unacknowledged; it will be resent", "rows", len(rows))
 			return nil
 		}
-		if err != nil {
-			// Nothing moves: the whole batch is sent again, and Kafka keeps each
-			// partition's order. A fresh producer starts a fresh idempotence session.
-			r.metrics.publishErrors.Inc()
-			r.logger.Warn("kafka publish failed; will resend the batch", "rows", len(rows), "err", err)
-			producer.Close()
-			producer = nil
-			if !backoff.wait(ctx) {
-				return nil
+		r.metrics.batch.Observe(float64(len(out)))
+		now := time.Now()
+		var (
+			failed   int
+			firstErr error
+		)
+		for i, o := range out {
+			switch e := errs[i]; {
+			case e == nil:
+				acked[o.row.pos] = true
+				r.metrics.acked(o, now)
+			case permanent(e):
+				dead = append(dead, deadLetter{row: o.row, reason: rejectReason(o.msg.Topic, e)})
+			default:
+				failed++
+				if firstErr == nil {
+					firstErr = e
+				}
 			}
+		}
+		// The position moves past the rows that are on Kafka or dead letters, up to the
+		// first that failed for a reason that may pass: that row and all after it are
+		// read again, and those after it already acknowledged are not sent again.
+		isDead := make(map[position]bool, len(dead))
+		for _, d := range dead {
+			isDead[d.row.pos] = true
+		}
+		cut := 0
+		for cut < len(rows) && (acked[rows[cut].pos] || isDead[rows[cut].pos]) {
+			cut++
+		}
+		if cut > 0 {
+			last := rows[cut-1].pos
+			var saved []deadLetter // dead letters before the cut; those after it wait
+			for _, d := range dead {
+				if !d.row.pos.after(last) {
+					saved = append(saved, d)
+				}
+			}
+			if r.logger.Enabled(ctx, slog.LevelDebug) {
+				// Which rows went out in which batch: what shows a row skipped or sent twice.
+				r.logger.Debug("batch sent", "first", rows[0].pos.String(), "last", last.String(),
+					"rows", cut, "messages", len(out), "dead_letters", len(saved), "failed", failed)
+			}
+			// These rows are on Kafka: save the position even if shutdown began meanwhile.
+			saveCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			err = savePosition(saveCtx, conn, r.cfg.ConsumerGroup, pos, last, saved)
+			cancel()
+			if errors.Is(err, errPositionMoved) {
+				// Re-anchored meanwhile: the rows are on Kafka but the new position wins,
+				// and the rows after it are sent (again).
+				r.logger.Warn("saved position changed by another writer; reloading it", "group", r.cfg.ConsumerGroup)
+				if pos, err = r.awaitValidPosition(ctx, conn); err != nil {
+					if ctx.Err() != nil {
+						return nil
+					}
+					return err
+				}
+				clear(acked)
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("save position: %w", err)
+			}
+			pos = last
+			r.mu.Lock()
+			r.saved = pos
+			r.mu.Unlock()
+			for _, rw := range rows[:cut] {
+				delete(acked, rw.pos)
+			}
+			r.metrics.deadLetters.Add(float64(len(saved)))
+			for _, d := range saved {
+				r.logger.Error("outbox row set aside as dead letter", "message_id", d.row.uuid, "err", d.reason)
+			}
+		}
+		if failed == 0 {
+			backoff.reset()
 			continue
 		}
-		backoff.reset()
-		acked := time.Now()
-		last := rows[len(rows)-1].pos
-		if r.logger.Enabled(ctx, slog.LevelDebug) {
-			// Which rows went out in which batch: what shows a row skipped or sent twice.
-			r.logger.Debug("batch sent", "first", rows[0].pos.String(), "last", last.String(),
-				"rows", len(rows), "messages", len(msgs))
-		}
-		// The batch is on Kafka: save the position even if shutdown began meanwhile.
-		saveCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		err = savePosition(saveCtx, conn, r.cfg.ConsumerGroup, last, dead)
-		cancel()
-		if err != nil {
-			return fmt.Errorf("save position: %w", err)
-		}
-		pos = last
-		r.metrics.observe(rows, msgs, dead, acked)
-		for _, d := range dead {
-			r.logger.Error("outbox row set aside as dead letter", "message_id", d.row.uuid, "err", d.reason)
+		// The rows from the first failure on are read again; Kafka keeps each
+		// partition's order. A fresh producer starts a fresh idempotence session.
+		r.metrics.publishErrors.Inc()
+		r.logger.Warn("kafka publish failed; will resend the records not acknowledged", "rows", len(rows)-cut,
+			"failed", failed, "err", firstErr)
+		producer.Close()
+		producer = nil
+		if !backoff.wait(ctx) {
+			return nil
 		}
 	}
 	return nil
@@ -305,14 +478,18 @@ func send(ctx context.Context, producer sarama.SyncProducer, msgs []*sarama.Prod
 	}
 }
 
-func (r *Relay) newProducer() (sarama.SyncProducer, error) {
+func producerConfig() *sarama.Config {
 	c := kafkaconf.Producer("orderpipe-relay")
-	// The relay retries whole batches itself; fewer internal retries keep a shutdown
+	// The relay resends failed records itself; fewer internal retries keep a shutdown
 	// during a Kafka outage inside its deadline.
 	c.Producer.Retry.Max = 3
 	c.Net.DialTimeout = 2 * time.Second
 	c.Metadata.Retry.Max = 2
-	p, err := sarama.NewSyncProducer(r.cfg.Brokers, c)
+	return c
+}
+
+func (r *Relay) newProducer() (sarama.SyncProducer, error) {
+	p, err := sarama.NewSyncProducer(r.cfg.Brokers, producerConfig())
 	if err != nil {
 		return nil, fmt.Errorf("kafka producer: %w", err)
 	}

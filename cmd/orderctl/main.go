@@ -5,6 +5,7 @@
 //	orderctl orders       list orders stuck in PENDING, with where their event is
 //	orderctl tail         follow the orders and payments topics, one line per event
 //	orderctl load         drive the pipeline with orders and report latencies
+//	orderctl relay        re-anchor a relay's position after a logical restore
 package main
 
 import (
@@ -35,6 +36,9 @@ commands:
   load       send orders to the api (open or closed loop) and report POST latency,
              create -> terminal latency from the outcome events, outbox -> Kafka lag
              (API_URL, KAFKA_BROKERS, KAFKA_TOPIC_PREFIX); orderctl load -h for flags
+  relay      reanchor [--group G] [--dry-run] [--force]: after a logical restore, move the
+             relay's position below the oldest outbox row (DATABASE_URL, RELAY_GROUP);
+             orderctl relay help
 `
 
 func main() {
@@ -63,6 +67,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	env := envconf.New(getenv)
 	databaseURL := env.String("DATABASE_URL", "postgres://orderuser:secret@localhost:5432/orderdb?sslmode=disable")
+	relayGroup := env.String("RELAY_GROUP", "relay")
 	if err := env.Err(); err != nil {
 		return err
 	}
@@ -95,6 +100,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return runTail(ctx, args[1:], getenv, stdout, stderr)
 	case "load":
 		return runLoad(ctx, args[1:], getenv, stdout, stderr)
+	case "relay":
+		return runRelay(ctx, args[1:], databaseURL, relayGroup, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
