@@ -710,8 +710,8 @@ func TestAlertRules(t *testing.T) {
 			}
 		}
 	}
-	if !slices.Contains(alerts, "RelayPositionInvalid") {
-		t.Errorf("alerts %v, want RelayPositionInvalid", alerts)
+	if want := []string{"RelayPositionInvalid", "PaymentProviderRefusing", "OrdersStuckPending"}; !slices.Equal(alerts, want) {
+		t.Errorf("alerts %v, want %v", alerts, want)
 	}
 	t.Run("promtool check rules", func(t *testing.T) {
 		promtool := lookPath(t, "promtool")
