@@ -22,7 +22,9 @@
 //   - One relay per consumer group is active, elected by a Postgres advisory lock held on
 //     the session that also reads and saves the position; others wait as hot standbys.
 //     If the active one dies its session ends, the lock is released and a standby takes
-//     over from the saved position.
+//     over from the saved position. A session that goes silent (a black-holed network, a
+//     frozen process) is ended by Postgres after SessionTimeout (boundSession), and the
+//     relay's own calls on it time out after it, so a standby takes over then too.
 //   - The position is saved only if it is still the one the relay read, so a position
 //     re-anchored meanwhile (Reanchor) is never overwritten; the relay reloads it.
 //   - A position (or outbox row) with a transaction id this cluster has not assigned
@@ -266,6 +268,34 @@ func (r *Relay) boundSession(ctx context.Context, conn *sql.Conn) error {
 	return nil
 }
 
+// keepSessionAlive pings the leader's session every third of SessionTimeout until the
+// returned function is called, so that a slow Kafka send does not let Postgres end the
+// session as idle (boundSession) and hand the lock to a standby needlessly. A failed
+// ping is left for the next query on the session to report.
+func (r *Relay) keepSessionAlive(ctx context.Context, conn *sql.Conn) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(r.cfg.SessionTimeout / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			pingCtx, cancelPing := context.WithTimeout(ctx, r.cfg.SessionTimeout)
+			conn.PingContext(pingCtx)
+			cancelPing()
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
+}
+
 // awaitValidPosition loads the saved position and returns it once it is one this
 // cluster can have written (checkPosition), checking again every StandbyInterval: the
 // operator fixes it with orderctl relay reanchor while the relay runs.
@@ -404,7 +434,9 @@ func (r *Relay) forward(ctx context.Context, conn *sql.Conn) error {
 			}
 		}
 		out, dead := decodeBatch(pending, r.tracer, r.maxMessageBytes)
+		stopPinging := r.keepSessionAlive(ctx, conn)
 		errs, err := deliver(ctx, producer, out)
+		stopPinging()
 		if errors.Is(err, errAbandoned) {
 			// Shutting down with Kafka not answering: the position was not saved, so
 			// the next active relay sends this batch again. Closing the producer would
@@ -413,7 +445,9 @@ func (r *Relay) forward(ctx context.Context, conn *sql.Conn) error {
 			r.logger.Warn("shutdown: batch abandoned unacknowledged; it will be resent", "rows", len(rows))
 			return nil
 		}
-		r.metrics.batch.Observe(float64(len(out)))
+		if len(out) > 0 {
+			r.metrics.batch.Observe(float64(len(out)))
+		}
 		now := time.Now()
 		var (
 			failed   int
