@@ -467,17 +467,7 @@ func (r *Relay) forward(ctx context.Context, conn *sql.Conn) error {
 				}
 			}
 		}
-		// The position moves past the rows that are on Kafka or dead letters, up to the
-		// first that failed for a reason that may pass: that row and all after it are
-		// read again, and those after it already acknowledged are not sent again.
-		isDead := make(map[position]bool, len(dead))
-		for _, d := range dead {
-			isDead[d.row.pos] = true
-		}
-		cut := 0
-		for cut < len(rows) && (acked[rows[cut].pos] || isDead[rows[cut].pos]) {
-			cut++
-		}
+		cut := settled(rows, acked, dead)
 		if cut > 0 {
 			last := rows[cut-1].pos
 			var saved []deadLetter // dead letters before the cut; those after it wait
