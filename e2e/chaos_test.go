@@ -616,8 +616,9 @@ func TestChaosOutboxGap(t *testing.T) {
 
 // Scenario 11: a relay and a worker frozen with SIGSTOP past their timeouts (the worker's
 // Kafka session, 10 s), then resumed: zombies. A second worker takes over the frozen
-// one's partitions; the frozen relay keeps its leadership (the standby waits, so nothing
-// is reordered); after SIGCONT nothing is lost, charged twice or applied twice.
+// one's partitions; the standby relay takes over once the frozen one's session times out
+// (RELAY_SESSION_TIMEOUT, 30 s: only at make chaos size); after SIGCONT nothing is lost,
+// charged twice or applied twice.
 func TestChaosZombies(t *testing.T) {
 	p := startPipeline(t, options{workers: 2, env: []string{"LOG_LEVEL=info"}})
 	admin := testenv.FreeAddr(t)

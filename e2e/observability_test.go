@@ -710,7 +710,7 @@ func TestAlertRules(t *testing.T) {
 			}
 		}
 	}
-	if want := []string{"RelayPositionInvalid", "PaymentProviderRefusing", "OrdersStuckPending"}; !slices.Equal(alerts, want) {
+	if want := []string{"RelayPositionInvalid", "RelayDeadLetters", "PaymentProviderRefusing", "OrdersStuckPending"}; !slices.Equal(alerts, want) {
 		t.Errorf("alerts %v, want %v", alerts, want)
 	}
 	t.Run("promtool check rules", func(t *testing.T) {

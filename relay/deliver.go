@@ -96,3 +96,19 @@ func spanOf(o outgoing) []trace.Span {
 func rejectReason(topic string, err error) string {
 	return fmt.Sprintf("kafka rejected the record for topic %q: %v", topic, err)
 }
+
+// settled is how many rows, from the first, the position may move past: those on Kafka
+// (acked) or set aside as dead letters, up to the first that failed for a reason that
+// may pass. That row and all after it are read again; those after it already
+// acknowledged are not sent again.
+func settled(rows []row, acked map[position]bool, dead []deadLetter) int {
+	isDead := make(map[position]bool, len(dead))
+	for _, d := range dead {
+		isDead[d.row.pos] = true
+	}
+	n := 0
+	for n < len(rows) && (acked[rows[n].pos] || isDead[rows[n].pos]) {
+		n++
+	}
+	return n
+}

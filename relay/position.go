@@ -116,9 +116,26 @@ func Reanchor(ctx context.Context, db *sql.DB, group string, opts ReanchorOption
 	err = tx.QueryRowContext(ctx, `SELECT consumer_group FROM watermill_offsets_outbox WHERE consumer_group = $1 FOR UPDATE`,
 		group).Scan(&locked)
 	if errors.Is(err, sql.ErrNoRows) {
-		return res, fmt.Errorf("group %q has no saved position: its relay starts at the beginning of the outbox", group)
-	}
-	if err != nil {
+		// A group without a position starts at the beginning of the outbox, which is
+		// fine unless rows carry another cluster's ids (the offsets table was not
+		// restored, the rows were): then it needs a position below them like any other.
+		// Otherwise no position is created: a mistyped group would hold back pruning.
+		c, err := checkPosition(ctx, tx, group)
+		if err != nil {
+			return res, err
+		}
+		if !c.foreign {
+			return res, fmt.Errorf("group %q has no saved position: its relay starts at the beginning of the outbox", group)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO watermill_offsets_outbox (consumer_group, offset_acked, last_processed_transaction_id)
+			VALUES ($1, 0, '0') ON CONFLICT (consumer_group) DO NOTHING`, group); err != nil {
+			return res, fmt.Errorf("create position: %w", err)
+		}
+		if err := tx.QueryRowContext(ctx, `SELECT consumer_group FROM watermill_offsets_outbox WHERE consumer_group = $1 FOR UPDATE`,
+			group).Scan(&locked); err != nil {
+			return res, fmt.Errorf("lock position: %w", err)
+		}
+	} else if err != nil {
 		return res, fmt.Errorf("lock position: %w", err)
 	}
 	c, err := checkPosition(ctx, tx, group)

@@ -139,3 +139,36 @@ func TestReanchorWhileForwarding(t *testing.T) {
 		t.Errorf("saved position %s, want the last row %s", pos, last)
 	}
 }
+
+// TestReanchorWithoutPosition: after a restore that brought the outbox's rows but not
+// the offsets table, the relay starts at the beginning yet cannot read the rows with
+// the old cluster's ids. Reanchor must then create the group's position; with no such
+// rows it must not (a mistyped group would hold back pruning for ever).
+func TestReanchorWithoutPosition(t *testing.T) {
+	db := testenv.DB(t)
+	ctx := context.Background()
+	if _, err := relay.Reanchor(ctx, db, "relay", relay.ReanchorOptions{Force: true}); err == nil {
+		t.Fatal("Reanchor of a group without a position, no foreign rows: succeeded, want an error")
+	}
+	var groups int
+	db.QueryRow(`SELECT count(*) FROM watermill_offsets_outbox`).Scan(&groups)
+	if groups != 0 {
+		t.Fatalf("%d positions after a refused Reanchor, want 0", groups)
+	}
+	if _, err := db.Exec(`INSERT INTO watermill_outbox (uuid, payload, metadata, transaction_id)
+		VALUES ('old', '{}', '{}', (pg_current_xact_id()::text::bigint + 1000000)::text::xid8)`); err != nil {
+		t.Fatal(err)
+	}
+	res, err := relay.Reanchor(ctx, db, "relay", relay.ReanchorOptions{})
+	if err != nil {
+		t.Fatalf("Reanchor with a foreign row and no position: %v", err)
+	}
+	var pos string
+	if err := db.QueryRow(`SELECT last_processed_transaction_id::text || '/' || offset_acked FROM watermill_offsets_outbox
+		WHERE consumer_group = 'relay'`).Scan(&pos); err != nil {
+		t.Fatal(err)
+	}
+	if !res.Applied || res.Renumbered != 1 || res.Rows != 1 || pos != res.New || pos != "2/0" {
+		t.Errorf("Reanchor = %+v, saved position %s; want 1 row renumbered and the position 2/0 just below it", res, pos)
+	}
+}

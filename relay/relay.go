@@ -22,7 +22,9 @@
 //   - One relay per consumer group is active, elected by a Postgres advisory lock held on
 //     the session that also reads and saves the position; others wait as hot standbys.
 //     If the active one dies its session ends, the lock is released and a standby takes
-//     over from the saved position.
+//     over from the saved position. A session that goes silent (a black-holed network, a
+//     frozen process) is ended by Postgres after SessionTimeout (boundSession), and the
+//     relay's own calls on it time out after it, so a standby takes over then too.
 //   - The position is saved only if it is still the one the relay read, so a position
 //     re-anchored meanwhile (Reanchor) is never overwritten; the relay reloads it.
 //   - A position (or outbox row) with a transaction id this cluster has not assigned
@@ -48,6 +50,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -84,6 +87,13 @@ type Config struct {
 	PruneInterval time.Duration
 	// MaxBackoff caps the wait between attempts while Kafka or Postgres fail. Default 5s.
 	MaxBackoff time.Duration
+	// SessionTimeout bounds how long the active relay's database session may go silent,
+	// as on a black-holed network, before both ends give it up: the relay's own calls on
+	// it time out after it, and Postgres ends the session after it (idle_session_timeout,
+	// statement_timeout, tcp_user_timeout, keepalives), which frees the leader lock for a
+	// standby. A relay frozen for longer (SIGSTOP) is replaced too. Default 30s; at least
+	// 1s and more than PollInterval and MaxBackoff.
+	SessionTimeout time.Duration
 	// Registerer receives the relay's metrics; nil registers nothing.
 	Registerer prometheus.Registerer
 	// TracerProvider starts the producer span of each row written under a sampled trace
@@ -113,6 +123,9 @@ func (c *Config) setDefaults() {
 	if c.MaxBackoff == 0 {
 		c.MaxBackoff = 5 * time.Second
 	}
+	if c.SessionTimeout == 0 {
+		c.SessionTimeout = 30 * time.Second
+	}
 }
 
 // Validate reports a configuration the relay cannot run with.
@@ -122,6 +135,11 @@ func (c Config) Validate() error {
 	}
 	if c.BatchSize < 1 {
 		return errors.New("batch size must be at least 1")
+	}
+	// The active relay's session must not idle out while it merely polls or backs off.
+	if c.SessionTimeout < time.Second || c.SessionTimeout <= c.PollInterval || c.SessionTimeout <= c.MaxBackoff {
+		return fmt.Errorf("session timeout %s must be at least 1s and more than the poll interval %s and the maximum backoff %s",
+			c.SessionTimeout, c.PollInterval, c.MaxBackoff)
 	}
 	return nil
 }
@@ -200,7 +218,10 @@ func (r *Relay) lead(ctx context.Context) error {
 	}()
 	for {
 		var acquired bool
-		if err := conn.QueryRowContext(ctx, `SELECT pg_try_advisory_lock($1)`, r.lockKey).Scan(&acquired); err != nil {
+		lockCtx, cancel := context.WithTimeout(ctx, r.cfg.SessionTimeout)
+		err := conn.QueryRowContext(lockCtx, `SELECT pg_try_advisory_lock($1)`, r.lockKey).Scan(&acquired)
+		cancel()
+		if err != nil {
 			return fmt.Errorf("leader lock: %w", err)
 		}
 		if acquired {
@@ -211,6 +232,9 @@ func (r *Relay) lead(ctx context.Context) error {
 			return ctx.Err()
 		case <-time.After(r.cfg.StandbyInterval):
 		}
+	}
+	if err := r.boundSession(ctx, conn); err != nil {
+		return err
 	}
 	r.metrics.leader.Set(1)
 	defer r.metrics.leader.Set(0)
@@ -223,12 +247,63 @@ func (r *Relay) lead(ctx context.Context) error {
 	return g.Wait()
 }
 
+// boundSession makes Postgres end the leader's session, and so release the leader lock,
+// once it has been silent for SessionTimeout: idle between queries
+// (idle_session_timeout), in one query (statement_timeout), with data unacknowledged
+// (tcp_user_timeout), or with the peer gone quiet (keepalives). Without them a relay cut
+// off by a black-holed network kept the lock, and the standbys waited, for as long as
+// the server's TCP took to notice: hours.
+func (r *Relay) boundSession(ctx context.Context, conn *sql.Conn) error {
+	ms := strconv.FormatInt(r.cfg.SessionTimeout.Milliseconds(), 10)
+	probe := strconv.FormatInt(max(1, int64(r.cfg.SessionTimeout/time.Second)/4), 10) // seconds
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.SessionTimeout)
+	defer cancel()
+	_, err := conn.ExecContext(ctx, `SELECT set_config('idle_session_timeout', $1, false),
+		set_config('statement_timeout', $1, false), set_config('tcp_user_timeout', $1, false),
+		set_config('tcp_keepalives_idle', $2, false), set_config('tcp_keepalives_interval', $2, false),
+		set_config('tcp_keepalives_count', '2', false)`, ms, probe)
+	if err != nil {
+		return fmt.Errorf("bound leader session: %w", err)
+	}
+	return nil
+}
+
+// keepSessionAlive pings the leader's session every third of SessionTimeout until the
+// returned function is called, so that a slow Kafka send does not let Postgres end the
+// session as idle (boundSession) and hand the lock to a standby needlessly. A failed
+// ping is left for the next query on the session to report.
+func (r *Relay) keepSessionAlive(ctx context.Context, conn *sql.Conn) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(r.cfg.SessionTimeout / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			pingCtx, cancelPing := context.WithTimeout(ctx, r.cfg.SessionTimeout)
+			conn.PingContext(pingCtx)
+			cancelPing()
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
+}
+
 // awaitValidPosition loads the saved position and returns it once it is one this
 // cluster can have written (checkPosition), checking again every StandbyInterval: the
 // operator fixes it with orderctl relay reanchor while the relay runs.
 func (r *Relay) awaitValidPosition(ctx context.Context, conn *sql.Conn) (position, error) {
 	for {
-		c, err := r.checkPosition(ctx, conn)
+		checkCtx, cancel := context.WithTimeout(ctx, r.cfg.SessionTimeout)
+		c, err := r.checkPosition(checkCtx, conn)
+		cancel()
 		if err != nil {
 			return position{}, err
 		}
@@ -320,6 +395,14 @@ func (r *Relay) forward(ctx context.Context, conn *sql.Conn) error {
 			if err != nil {
 				r.metrics.publishErrors.Inc()
 				r.logger.Warn("kafka unavailable", "err", err)
+				// Keep the session from idling out (boundSession) while Kafka is away,
+				// and notice if Postgres went too.
+				pingCtx, cancel := context.WithTimeout(ctx, r.cfg.SessionTimeout)
+				err := conn.PingContext(pingCtx)
+				cancel()
+				if err != nil && ctx.Err() == nil {
+					return fmt.Errorf("ping: %w", err)
+				}
 				if !backoff.wait(ctx) {
 					return nil
 				}
@@ -327,7 +410,9 @@ func (r *Relay) forward(ctx context.Context, conn *sql.Conn) error {
 			}
 			producer = p
 		}
-		rows, err := readBatch(ctx, conn, pos, r.cfg.BatchSize)
+		readCtx, cancel := context.WithTimeout(ctx, r.cfg.SessionTimeout)
+		rows, err := readBatch(readCtx, conn, pos, r.cfg.BatchSize)
+		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -349,7 +434,9 @@ func (r *Relay) forward(ctx context.Context, conn *sql.Conn) error {
 			}
 		}
 		out, dead := decodeBatch(pending, r.tracer, r.maxMessageBytes)
+		stopPinging := r.keepSessionAlive(ctx, conn)
 		errs, err := deliver(ctx, producer, out)
+		stopPinging()
 		if errors.Is(err, errAbandoned) {
 			// Shutting down with Kafka not answering: the position was not saved, so
 			// the next active relay sends this batch again. Closing the producer would
@@ -358,7 +445,9 @@ func (r *Relay) forward(ctx context.Context, conn *sql.Conn) error {
 			r.logger.Warn("shutdown: batch abandoned unacknowledged; it will be resent", "rows", len(rows))
 			return nil
 		}
-		r.metrics.batch.Observe(float64(len(out)))
+		if len(out) > 0 {
+			r.metrics.batch.Observe(float64(len(out)))
+		}
 		now := time.Now()
 		var (
 			failed   int
@@ -378,17 +467,7 @@ func (r *Relay) forward(ctx context.Context, conn *sql.Conn) error {
 				}
 			}
 		}
-		// The position moves past the rows that are on Kafka or dead letters, up to the
-		// first that failed for a reason that may pass: that row and all after it are
-		// read again, and those after it already acknowledged are not sent again.
-		isDead := make(map[position]bool, len(dead))
-		for _, d := range dead {
-			isDead[d.row.pos] = true
-		}
-		cut := 0
-		for cut < len(rows) && (acked[rows[cut].pos] || isDead[rows[cut].pos]) {
-			cut++
-		}
+		cut := settled(rows, acked, dead)
 		if cut > 0 {
 			last := rows[cut-1].pos
 			var saved []deadLetter // dead letters before the cut; those after it wait

@@ -41,6 +41,9 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		ConsumerGroup: env.String("RELAY_GROUP", "relay"),
 		Retention:     env.Duration("RELAY_RETENTION", time.Hour),
 		PruneInterval: env.Duration("RELAY_PRUNE_INTERVAL", 5*time.Second),
+		// How long the active relay's database session may go silent before it and
+		// Postgres give it up and a standby takes over.
+		SessionTimeout: env.Duration("RELAY_SESSION_TIMEOUT", 30*time.Second),
 	}
 	logger := envconf.Logger(stdout, env.Level("LOG_LEVEL", 0), "relay")
 	if err := env.Err(); err != nil {
@@ -48,7 +51,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	}
 	logger.Info("starting", "database_url", envconf.Redact(databaseURL), "kafka_brokers", cfg.Brokers,
 		"admin_addr", adminAddr, "group", cfg.ConsumerGroup, "poll_interval", cfg.PollInterval.String(),
-		"batch_size", cfg.BatchSize, "retention", cfg.Retention.String())
+		"batch_size", cfg.BatchSize, "retention", cfg.Retention.String(), "session_timeout", cfg.SessionTimeout.String())
 
 	tp, traces, stopTracing, err := tracing.Provider(ctx, getenv, "relay", logger)
 	if err != nil {

@@ -19,6 +19,10 @@ import (
 	"github.com/jackc/pgx/v5/stdlib"
 )
 
+// TCPUserTimeout is how long data sent on a connection may go unacknowledged before
+// the connection fails (TCP_USER_TIMEOUT, Linux).
+const TCPUserTimeout = 20 * time.Second
+
 // Open returns a handle on url holding at most maxConns connections, after checking
 // that the server answers.
 func Open(ctx context.Context, url string, maxConns int) (*sql.DB, error) {
@@ -46,6 +50,16 @@ func New(url string, maxConns int) (*sql.DB, error) {
 		// A dead server must fail requests fast, not hang them on TCP timeouts.
 		cfg.ConnectTimeout = 3 * time.Second
 	}
+	// A peer that vanishes without closing (a black-holed network, a host gone) must
+	// break the connection in seconds, not the kernel's hours (keepalive) or ~15 minutes
+	// (retransmission): keepalives from 10 s of silence, 3 probes 5 s apart, and
+	// TCP_USER_TIMEOUT for data sent and not acknowledged. A query stuck on a live but
+	// silent socket is for the caller's context to bound.
+	d := &net.Dialer{
+		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 10 * time.Second, Interval: 5 * time.Second, Count: 3},
+		Control:         setUserTimeout(TCPUserTimeout),
+	}
+	cfg.DialFunc = d.DialContext
 	db := stdlib.OpenDB(*cfg)
 	db.SetMaxOpenConns(maxConns)
 	db.SetMaxIdleConns(maxConns)
