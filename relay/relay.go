@@ -249,7 +249,8 @@ func (r *Relay) lead(ctx context.Context) error {
 
 // boundSession makes Postgres end the leader's session, and so release the leader lock,
 // once it has been silent for SessionTimeout: idle between queries
-// (idle_session_timeout), in one query (statement_timeout), with data unacknowledged
+// (idle_session_timeout), idle inside a transaction such as a position save
+// (idle_in_transaction_session_timeout), in one query (statement_timeout), with data unacknowledged
 // (tcp_user_timeout), or with the peer gone quiet (keepalives). Without them a relay cut
 // off by a black-holed network kept the lock, and the standbys waited, for as long as
 // the server's TCP took to notice: hours.
@@ -259,6 +260,7 @@ func (r *Relay) boundSession(ctx context.Context, conn *sql.Conn) error {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.SessionTimeout)
 	defer cancel()
 	_, err := conn.ExecContext(ctx, `SELECT set_config('idle_session_timeout', $1, false),
+		set_config('idle_in_transaction_session_timeout', $1, false),
 		set_config('statement_timeout', $1, false), set_config('tcp_user_timeout', $1, false),
 		set_config('tcp_keepalives_idle', $2, false), set_config('tcp_keepalives_interval', $2, false),
 		set_config('tcp_keepalives_count', '2', false)`, ms, probe)
