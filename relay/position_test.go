@@ -107,6 +107,15 @@ func TestReanchorWhileForwarding(t *testing.T) {
 		n := metric(t, reg, "relay_forwarded_total")
 		return n == 5, fmt.Sprintf("relay_forwarded_total = %v, want 5", n)
 	})
+	// Counted once Kafka acknowledged, a moment before the position is saved: wait for
+	// the save, or Reanchor finds no position yet.
+	testenv.Eventually(t, 20*time.Second, func() (bool, string) {
+		var saved bool
+		db.QueryRow(`SELECT EXISTS (SELECT 1 FROM watermill_offsets_outbox p, (SELECT transaction_id, "offset" FROM watermill_outbox
+			ORDER BY transaction_id DESC, "offset" DESC LIMIT 1) l
+			WHERE (p.last_processed_transaction_id, p.offset_acked) = (l.transaction_id, l."offset"))`).Scan(&saved)
+		return saved, "the position is not saved at the last row yet"
+	})
 	res, err := relay.Reanchor(context.Background(), db, "relay", relay.ReanchorOptions{Force: true})
 	if err != nil {
 		t.Fatalf("Reanchor --force: %v", err)
