@@ -265,7 +265,7 @@ func TestPoisonReplayEndToEnd(t *testing.T) {
 		&sarama.ProducerMessage{Key: sarama.StringEncoder("g-2"), Value: sarama.StringEncoder(`{"orderId":1}`),
 			Headers: []sarama.RecordHeader{header(events.MetaType, "orders.order.exploded.v1"), header(events.MetaSubject, "g-2")}},
 		&sarama.ProducerMessage{Key: sarama.StringEncoder("999999"), Value: sarama.StringEncoder(`{"orderId":999999,"amountMinor":1,"currency":"USD"}`),
-			Headers: []sarama.RecordHeader{created, header(events.MetaSubject, "999999")}},
+			Headers: []sarama.RecordHeader{created, header(events.MetaSubject, "999999"), header(events.MetaID, "foreign-999999")}},
 	)
 	p.waitStatus(t, good, "PAID", 60*time.Second)
 	id := func(n int64) string { return strconv.FormatInt(n, 10) }

@@ -142,7 +142,7 @@ func TestBadEventsArePoisonedWithoutBlocking(t *testing.T) {
 		&sarama.ProducerMessage{Key: sarama.StringEncoder("1"), Value: sarama.StringEncoder(`{"orderId":1}`),
 			Headers: []sarama.RecordHeader{header(events.MetaType, "orders.order.exploded.v1"), header(events.MetaSubject, "1")}},
 		&sarama.ProducerMessage{Key: sarama.StringEncoder("1"), Value: sarama.StringEncoder(`{"orderId":999999,"amountMinor":1,"currency":"USD"}`),
-			Headers: []sarama.RecordHeader{created, header(events.MetaSubject, "999999")}},
+			Headers: []sarama.RecordHeader{created, header(events.MetaSubject, "999999"), header(events.MetaID, "foreign-999999")}},
 	)
 	id := p.create(t, "5", "USD") // order 1: the same key, behind the garbage
 	if id != 1 {
