@@ -19,15 +19,13 @@ type Record struct {
 	// then one more after each nack. A record read again (after a rebalance or a
 	// restart) starts from 1.
 	Delivery int
-	// FirstDelivered is when the record was first delivered since it was read.
-	FirstDelivered time.Time
 }
 
 type recordKey struct{}
 
-func withRecord(ctx context.Context, m *sarama.ConsumerMessage, delivery int, first time.Time) context.Context {
+func withRecord(ctx context.Context, m *sarama.ConsumerMessage, delivery int) context.Context {
 	return context.WithValue(ctx, recordKey{}, Record{Topic: m.Topic, Partition: m.Partition,
-		Offset: m.Offset, Key: m.Key, Timestamp: m.Timestamp, Delivery: delivery, FirstDelivered: first})
+		Offset: m.Offset, Key: m.Key, Timestamp: m.Timestamp, Delivery: delivery})
 }
 
 // RecordFromContext returns the Kafka record a message's context was made for (a

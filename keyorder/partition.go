@@ -184,14 +184,13 @@ func (p *partition) logSlowPause() {
 // deliver sends r to the handler until it is acked (true) or the partition is let go
 // (false). A nack sends it again after NackResendSleep.
 func (p *partition) deliver(ctx context.Context, r *record) bool {
-	first := time.Now()
 	for delivery := 1; ; delivery++ {
 		msg, err := p.s.cfg.Unmarshaler.Unmarshal(r.msg)
 		if err != nil {
 			// The record cannot become a message; it holds its key, and the log says why.
 			p.s.cfg.Logger.Error("unmarshal record", err, p.fields.Add(watermill.LogFields{"offset": r.offset}))
 		} else {
-			switch p.send(ctx, msg, r.msg, delivery, first) {
+			switch p.send(ctx, msg, r.msg, delivery) {
 			case acked:
 				return true
 			case gone:
@@ -217,8 +216,8 @@ const (
 // send hands msg to the handler and waits for its ack or nack. The message's context
 // ends with the ack, or with the partition: then the handler has ReleaseTimeout to say
 // how it ended, so that a record it finished is still committed.
-func (p *partition) send(ctx context.Context, msg *message.Message, m *sarama.ConsumerMessage, delivery int, first time.Time) sendResult {
-	msgCtx, cancel := context.WithCancel(withRecord(ctx, m, delivery, first))
+func (p *partition) send(ctx context.Context, msg *message.Message, m *sarama.ConsumerMessage, delivery int) sendResult {
+	msgCtx, cancel := context.WithCancel(withRecord(ctx, m, delivery))
 	defer cancel()
 	msg.SetContext(msgCtx)
 	select {

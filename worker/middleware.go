@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -96,18 +97,31 @@ func cancelledIsUnavailable(h message.HandlerFunc) message.HandlerFunc {
 // dependency is unavailable holds the message (nacked, redelivered) rather than poison
 // it, since an outage is no fault of the message. But some never end for one message
 // while the others succeed: a statement timeout that recurs for it, a handler deadline it
-// always hits, a provider answering 503 to this order alone. So a message that is still
-// unavailable limit after its first delivery is poisoned, with the reason, if another
-// message was processed in the last minute (or during its last delivery, if that took
-// longer): what the others see tells the two apart. In an outage nothing is processed,
-// so however long it lasts no message is poisoned for it. Provider-down errors never count (every message would see them), nor do
-// deliveries cut short by a rebalance or shutdown.
+// always hits, a provider answering 503 to this order alone. So a message that has failed
+// as unavailable for limit without a break is poisoned, with the reason, if another
+// message was processed meanwhile, and in the last minute (or during its last delivery,
+// if that took longer): what the others see tells the two apart. In an outage nothing is
+// processed, so however long it lasts no message is poisoned for it.
 //
-// The first delivery is the subscriber's (keyorder.Record): a message read again after a
-// rebalance or restart starts a new budget. Messages from other subscribers have none.
+// The clock of a message starts at its first unavailable failure and stops at anything
+// else: a success, a permanent or transient failure, a provider-down error (every message
+// would see those: the provider refuses everyone, and payments pause), or a delivery cut
+// short by a rebalance or shutdown. So a message held through a provider outage starts
+// afresh once the provider is back. Messages are told apart by their Kafka record
+// (keyorder.Record); a message read again after a rebalance or restart starts afresh, and
+// messages from other subscribers have no budget.
 type unavailableBudget struct {
 	limit       time.Duration
 	lastSuccess atomic.Int64 // when a message was last processed, Unix nanoseconds
+
+	mu      sync.Mutex
+	failing map[budgetKey]time.Time // message → its first unavailable failure in a row
+}
+
+type budgetKey struct {
+	topic     string
+	partition int32
+	offset    int64
 }
 
 // budgetEvidence is how recently another message must have been processed for a
@@ -121,20 +135,56 @@ func (b *unavailableBudget) middleware(h message.HandlerFunc) message.HandlerFun
 		out, err := h(msg)
 		if err == nil {
 			b.lastSuccess.Store(time.Now().UnixNano())
-			return out, nil
 		}
 		rec, ok := keyorder.RecordFromContext(ctx)
-		if !ok || ctx.Err() != nil || !isUnavailable(err) || isProviderDown(err) {
+		if !ok {
 			return out, err
 		}
-		held := time.Since(rec.FirstDelivered)
-		recent := max(time.Since(start), budgetEvidence)
-		if held < b.limit || time.Since(time.Unix(0, b.lastSuccess.Load())) > recent {
+		key := budgetKey{rec.Topic, rec.Partition, rec.Offset}
+		if err == nil || ctx.Err() != nil || !isUnavailable(err) || isProviderDown(err) {
+			b.stop(key)
+			return out, err
+		}
+		since := b.start(key, start)
+		held := time.Since(since)
+		last := time.Unix(0, b.lastSuccess.Load())
+		if held < b.limit || last.Before(since) || time.Since(last) > max(time.Since(start), budgetEvidence) {
 			return out, err // within its budget, or nothing gets through: an outage
 		}
+		b.stop(key)
 		return out, permanent(fmt.Errorf("unavailable for %s over %d deliveries while other messages were processed (budget %s): %v",
 			held.Round(time.Millisecond), rec.Delivery, b.limit, err))
 	}
+}
+
+// start returns when key's unavailability began, now if it just did.
+func (b *unavailableBudget) start(key budgetKey, now time.Time) time.Time {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if since, ok := b.failing[key]; ok {
+		return since
+	}
+	if b.failing == nil {
+		b.failing = map[budgetKey]time.Time{}
+	}
+	if len(b.failing) >= 1<<16 {
+		// Entries of messages whose partitions moved to another worker are never
+		// stopped here. Drop the old ones; a message still failing after an outage that
+		// long merely starts its clock again.
+		for k, since := range b.failing {
+			if now.Sub(since) > b.limit+budgetEvidence {
+				delete(b.failing, k)
+			}
+		}
+	}
+	b.failing[key] = now
+	return now
+}
+
+func (b *unavailableBudget) stop(key budgetKey) {
+	b.mu.Lock()
+	delete(b.failing, key)
+	b.mu.Unlock()
 }
 
 // traceMessages starts a consumer span per delivery, as the child of the context the

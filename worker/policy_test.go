@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -317,4 +318,39 @@ func TestOldestPendingAge(t *testing.T) {
 		age := gaugeValue(t, p.reg, "worker_oldest_pending_seconds")
 		return age == 0, fmt.Sprintf("oldest pending %vs with none pending, want 0", age)
 	})
+}
+
+// TestBudgetStartsAfterAProviderOutage: an order held while the provider refused everyone
+// (longer than the budget) meets a 503 to a whole delivery (its three attempts) when the
+// provider is back. Its budget starts at
+// that failure, not at its first delivery: it is paid, not poisoned. (Counted from the
+// first delivery, chaos scenario 12 poisoned such an order when paymentsim restarted.)
+func TestBudgetStartsAfterAProviderOutage(t *testing.T) {
+	const budget = 300 * time.Millisecond
+	sim := newSim(t)
+	provider := &switchable{h: sim}
+	p := newPipeline(t, Config{UnavailableBudget: budget, PaymentProbeInterval: 50 * time.Millisecond}, provider)
+	p.waitStatus(t, orders.StatusPaid, p.send(t, 1)...) // a success, seconds before the failure below
+
+	provider.set(answer(http.StatusUnauthorized, "rotated"))
+	held := p.send(t, 1)
+	from, _ := p.callSpan()
+	testenv.Eventually(t, time.Minute, func() (bool, string) {
+		span, calls := p.callSpan()
+		refusing := gaugeValue(t, p.reg, "worker_payment_provider_refusing")
+		return refusing == 1 && span-from >= 4*budget, fmt.Sprintf("refusing %v, %d calls over %s", refusing, calls, span-from)
+	})
+	var blips atomic.Int32
+	provider.set(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if blips.Add(1) <= 3 { // MaxRetries is 2: one delivery
+
+			http.Error(w, "restarting", http.StatusServiceUnavailable)
+			return
+		}
+		sim.ServeHTTP(w, r)
+	}))
+	p.waitStatus(t, orders.StatusPaid, held...)
+	if got := p.poisonedCount(t); got != 0 {
+		t.Errorf("%v poisoned, want 0", got)
+	}
 }

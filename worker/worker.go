@@ -52,11 +52,10 @@ type Config struct {
 	RetryMaxInterval time.Duration
 	// HandlerTimeout bounds one attempt at a message. Default 15s.
 	HandlerTimeout time.Duration
-	// UnavailableBudget ends one message's unavailability: a message whose dependency
-	// has been unavailable for this long since it was first delivered (by this worker),
-	// while other messages were processed meanwhile, is poisoned with the reason. An
-	// outage, which no message gets through, holds messages however long it lasts.
-	// Default 10m.
+	// UnavailableBudget ends one message's unavailability: a message that has failed as
+	// unavailable without a break for this long, while other messages were processed
+	// meanwhile, is poisoned with the reason (unavailableBudget). An outage, which no
+	// message gets through, holds messages however long it lasts. Default 10m.
 	UnavailableBudget time.Duration
 	// InboxRetention is how long inbox entries (processed_messages) are kept: longer
 	// than a message can be redelivered, i.e. the orders topic's retention. Default 8
