@@ -157,8 +157,10 @@ func Reanchor(ctx context.Context, db *sql.DB, group string, opts ReanchorOption
 	anchor := position{txID: "0"}
 	var first sql.NullString
 	var firstOffset sql.NullInt64
-	if err := tx.QueryRowContext(ctx, `SELECT transaction_id::text, "offset" FROM watermill_outbox
-		ORDER BY transaction_id, "offset" LIMIT 1`).Scan(&first, &firstOffset); err != nil && !errors.Is(err, sql.ErrNoRows) {
+	// The text column gets its own name: ORDER BY transaction_id would bind to it and
+	// sort the ids as text ("1093443" before "2"), as readBatch explains.
+	if err := tx.QueryRowContext(ctx, `SELECT o.transaction_id::text AS tx_id, o."offset" FROM watermill_outbox o
+		ORDER BY o.transaction_id, o."offset" LIMIT 1`).Scan(&first, &firstOffset); err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return res, fmt.Errorf("oldest row: %w", err)
 	}
 	if first.Valid {

@@ -181,3 +181,31 @@ func TestReanchorWithoutPosition(t *testing.T) {
 		t.Errorf("Reanchor = %+v, saved position %s; want 1 row renumbered and the position 2/0 just below it", res, pos)
 	}
 }
+
+// TestReanchorOrdersIDsAsNumbers: the oldest row is found by transaction id as a number.
+// Sorted as text, "10" came before "9", and once a cluster's ids passed a power of ten
+// Reanchor anchored above the rows it had renumbered to id 2, which were never sent.
+func TestReanchorOrdersIDsAsNumbers(t *testing.T) {
+	db := testenv.DB(t)
+	prefix := testenv.TopicPrefix(t)
+	commitEvents(t, db, prefix, 1, 2)
+	if _, err := db.Exec(`UPDATE watermill_outbox SET transaction_id = CASE WHEN "offset" = (SELECT min("offset") FROM watermill_outbox)
+		THEN '9'::xid8 ELSE '10'::xid8 END`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`INSERT INTO watermill_offsets_outbox (consumer_group, offset_acked, last_processed_transaction_id)
+		VALUES ('relay', 0, '10'::xid8)`); err != nil {
+		t.Fatal(err)
+	}
+	var first int64
+	if err := db.QueryRow(`SELECT min("offset") FROM watermill_outbox`).Scan(&first); err != nil {
+		t.Fatal(err)
+	}
+	res, err := relay.Reanchor(context.Background(), db, "relay", relay.ReanchorOptions{Force: true, DryRun: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf("9/%d", first-1); res.New != want {
+		t.Errorf("Reanchor anchors at %s, want %s: just below the row with id 9", res.New, want)
+	}
+}
