@@ -36,8 +36,8 @@ type kafkaWorker struct {
 func startKafkaWorker(t *testing.T, ordersConfig, poisonConfig map[string]*string, paymentURL string) *kafkaWorker {
 	t.Helper()
 	k := &kafkaWorker{prefix: testenv.TopicPrefix(t), store: orders.NewStore(testenv.DB(t), outbox.New(""))}
-	createTopic(t, k.prefix+events.TopicOrders, ordersConfig)
-	createTopic(t, k.prefix+events.TopicOrdersPoison, poisonConfig)
+	createTopic(t, k.prefix+events.TopicOrders, 1, ordersConfig)
+	createTopic(t, k.prefix+events.TopicOrdersPoison, 1, poisonConfig)
 	if paymentURL == "" {
 		paymentURL = "http://" + testenv.FreeAddr(t)
 	}
@@ -61,14 +61,14 @@ func startKafkaWorker(t *testing.T, ordersConfig, poisonConfig map[string]*strin
 	return k
 }
 
-func createTopic(t *testing.T, name string, config map[string]*string) {
+func createTopic(t *testing.T, name string, partitions int32, config map[string]*string) {
 	t.Helper()
 	admin, err := sarama.NewClusterAdmin(testenv.Brokers(), kafkaconf.Producer("worker-test"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer admin.Close()
-	if err := admin.CreateTopic(name, &sarama.TopicDetail{NumPartitions: 1, ReplicationFactor: 1, ConfigEntries: config}, false); err != nil {
+	if err := admin.CreateTopic(name, &sarama.TopicDetail{NumPartitions: partitions, ReplicationFactor: 1, ConfigEntries: config}, false); err != nil {
 		t.Fatalf("create topic %s: %v", name, err)
 	}
 	t.Cleanup(func() {

@@ -43,15 +43,8 @@ func newPipeline(t *testing.T, cfg Config, provider http.Handler) *pipeline {
 	t.Helper()
 	p := &pipeline{fixture: &fixture{db: testenv.DB(t)}, prefix: testenv.TopicPrefix(t), reg: prometheus.NewRegistry()}
 	p.store = orders.NewStore(p.db, outbox.New(""))
-	admin, err := sarama.NewClusterAdmin(testenv.Brokers(), kafkaconf.Consumer("worker-test"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
 	for _, topic := range []string{events.TopicOrders, events.TopicOrdersPoison} {
-		if err := admin.CreateTopic(p.prefix+topic, &sarama.TopicDetail{NumPartitions: 2, ReplicationFactor: 1}, false); err != nil {
-			t.Fatal(err)
-		}
+		createTopic(t, p.prefix+topic, 2, nil)
 	}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.mu.Lock()
