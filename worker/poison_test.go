@@ -17,7 +17,6 @@ import (
 	"github.com/orderpipe/orderpipe/events"
 	"github.com/orderpipe/orderpipe/internal/testenv"
 	"github.com/orderpipe/orderpipe/kafkaconf"
-	"github.com/orderpipe/orderpipe/money"
 	"github.com/orderpipe/orderpipe/orders"
 	"github.com/orderpipe/orderpipe/outbox"
 )
@@ -175,20 +174,7 @@ func testOversizedRecord(t *testing.T, size int, poisonConfig map[string]*string
 	t.Cleanup(sim.Close)
 	k := startKafkaWorker(t, map[string]*string{"max.message.bytes": ptr(strconv.Itoa(4 << 20))}, poisonConfig, sim.URL)
 
-	resp, _, err := k.store.Create(context.Background(), orders.NewOrder{CustomerID: "CUST001",
-		Amount: money.Amount{Minor: 20000, Currency: "USD"}}, func(orders.Order) ([]byte, error) { return nil, nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	o, err := k.store.Get(context.Background(), resp.OrderID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	msg, err := events.NewMessage(events.OrderCreated{ID: o.ID, CustomerID: o.CustomerID,
-		AmountMinor: o.Amount.Minor, Currency: o.Amount.Currency, CreatedAt: o.CreatedAt}, o.CreatedAt)
-	if err != nil {
-		t.Fatal(err)
-	}
+	o, msg := newOrder(t, k.store)
 	good, err := kafkaconf.Marshaler.Marshal(k.prefix+events.TopicOrders, msg)
 	if err != nil {
 		t.Fatal(err)

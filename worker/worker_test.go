@@ -59,12 +59,19 @@ func newFixture(t *testing.T, provider http.Handler) *fixture {
 // order creates an order and returns the message its OrderCreated event travels in.
 func (f *fixture) order(t *testing.T) (orders.Order, *message.Message) {
 	t.Helper()
-	resp, _, err := f.store.Create(context.Background(), orders.NewOrder{CustomerID: "CUST001",
+	return newOrder(t, f.store)
+}
+
+// newOrder creates an order in store and returns the message its OrderCreated event
+// travels in.
+func newOrder(t *testing.T, store *orders.Store) (orders.Order, *message.Message) {
+	t.Helper()
+	resp, _, err := store.Create(context.Background(), orders.NewOrder{CustomerID: "CUST001",
 		Amount: money.Amount{Minor: 20000, Currency: "USD"}}, func(orders.Order) ([]byte, error) { return nil, nil })
 	if err != nil {
 		t.Fatal(err)
 	}
-	o, err := f.store.Get(context.Background(), resp.OrderID)
+	o, err := store.Get(context.Background(), resp.OrderID)
 	if err != nil {
 		t.Fatal(err)
 	}
